@@ -1,0 +1,29 @@
+# Every target creates .venv on a fresh machine. torch==2.13.0 is installed first when no torch is
+# present (a CPU wheel is available locally; a bare `torch` would pull several GB of CUDA packages).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+EC     := $(VENV)/bin/entropy-cliff
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[cpu,vcq,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(EC) predict --N 1.28e6 --K 16384
+	$(EC) compare --demo --out figures/demo_compare.png
+	$(EC) measure --demo cosine --out figures/demo_measure
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_measure.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis
