@@ -123,22 +123,33 @@ def read_sidecar(tokens_path: str | os.PathLike) -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds.
+def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
+    """Yield temporary paths beside ``paths``; rename them all into place only if the block succeeds.
 
     After a failure nothing is left behind: no partial file, no temporary.
     """
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + final.suffix, dir=final.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    finals = [Path(p) for p in paths]
+    temps: list[Path] = []
     try:
-        yield tmp_path
-        os.replace(tmp_path, final)
+        for final in finals:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + final.suffix, dir=final.parent)
+            os.close(fd)
+            temps.append(Path(tmp))
+        yield temps
+        for tmp, final in zip(temps, finals):
+            os.replace(tmp, final)
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        for tmp in temps:
+            if tmp.exists():
+                tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """One-file :func:`atomic_paths`."""
+    with atomic_paths(path) as (tmp,):
+        yield tmp
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
