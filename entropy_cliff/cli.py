@@ -20,7 +20,7 @@ import numpy as np
 
 from entropy_cliff import theory
 from entropy_cliff.errors import EntropyCliffError
-from entropy_cliff.schedules import KINDS, Schedule
+from entropy_cliff.schedules import KINDS, Schedule, paper_table2
 
 DATA_DIR = Path(__file__).parent / "data"
 DEMOS = ("constant", "cosine")
@@ -229,11 +229,6 @@ def predict(N, K, kind, kmin, kmax, power, schedule_file, length, utilization, d
 
 # ---------------------------------------------------------------------------- schedule
 
-#: The rows of the paper's Table 2: (kind, K_max, power).
-TABLE2 = (("constant", 16384, 1.0), ("constant", 8192, 1.0), ("linear", 16384, 1.0),
-          ("cosine", 16384, 1.0), ("power", 16384, 2.5), ("cosine", 11264, 1.0))
-
-
 def _schedule_summary(s: Schedule, N: int, image_size: int) -> dict[str, Any]:
     return {"schedule": s.to_dict(), "label": s.label, "length": s.length, "K": s.K, "mean_K": s.mean_K,
             "bpp": s.bpp(image_size, image_size), "capacity": s.capacity, "N": N, "log2_N": math.log2(N),
@@ -261,7 +256,7 @@ def schedule(kind, kmin, kmax, power, schedule_file, length, N, image_size, tabl
     if N < 2:
         raise EntropyCliffError(f"--N must be at least 2, got {N}")
     if table:
-        scheds = [Schedule(k, km if k == "constant" else kmin, km, length, p) for k, km, p in TABLE2]
+        scheds = paper_table2(length, kmin)
     else:
         s = _schedule(kind, kmin, kmax, length, power, schedule_file)
         if s is None:

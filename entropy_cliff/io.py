@@ -81,6 +81,10 @@ def load_tokens(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
         raise EntropyCliffError(f"{p}: no such file")
     if p.is_dir():
         raise EntropyCliffError(f"{p}: is a directory, expected a .npy or .npz file")
+    with open(p, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY" and not magic.startswith(b"PK"):
+        raise EntropyCliffError(f"{p}: not a readable .npy/.npz array (no NumPy header: text or another format?)")
     try:
         if zipfile.is_zipfile(p):
             with np.load(p, allow_pickle=False) as z:

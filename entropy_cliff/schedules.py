@@ -143,3 +143,13 @@ class Schedule:
     def bpp(self, height: int = 256, width: int = 256) -> float:
         """Bits per pixel of an H×W image: sum_t log2 K_t / (H W)."""
         return float(self.bits.sum() / (height * width))
+
+
+#: The schedules of the paper's Table 2: (kind, K_max, power), with K_min = 2 and L = 256.
+PAPER_TABLE2 = (("constant", 16384, 1.0), ("constant", 8192, 1.0), ("linear", 16384, 1.0),
+                ("cosine", 16384, 1.0), ("power", 16384, 2.5), ("cosine", 11264, 1.0))
+
+
+def paper_table2(length: int = 256, kmin: int = 2) -> list[Schedule]:
+    """The six schedules of Table 2 (a constant schedule has K_min = K_max)."""
+    return [Schedule(kind, kmax if kind == "constant" else kmin, kmax, length, p) for kind, kmax, p in PAPER_TABLE2]

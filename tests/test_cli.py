@@ -1,0 +1,177 @@
+"""The entropy-cliff command line, run in-process through its console entry point."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from entropy_cliff import theory
+from entropy_cliff.cli import main
+from entropy_cliff.io import save_tokens
+from entropy_cliff.schedules import Schedule
+
+
+def run(capsys, *argv):
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def run_json(capsys, *argv):
+    code, out, err = run(capsys, *argv, "--format", "json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_predict_json(capsys):
+    d = run_json(capsys, "predict", "--N", "1.28e6", "--K", "16384")
+    assert d["t_star"] == 2 and d["log2_N"] == pytest.approx(math.log2(1.28e6))
+    assert len(d["bound"]) == 256 and d["bound"][:3] == pytest.approx([14.0, math.log2(1.28e6) - 14, 0.0])
+    th = {t["t_star"]: t for t in d["thresholds"]}
+    assert th[3]["log2_N_min"] == 28.0 and round(th[3]["times_N"], 1) == 209.7
+
+
+@pytest.mark.parametrize(("n", "ts"), [("2^28", 2), ("268435457", 3), ("400M", 3), ("5B", 3), ("50K", 2)])
+def test_predict_t_star(capsys, n, ts):
+    assert run_json(capsys, "predict", "--N", n, "--K", "16384")["t_star"] == ts
+
+
+def test_predict_schedule_and_utilization(capsys):
+    d = run_json(capsys, "predict", "--N", "1.28e6", "--schedule", "linear", "--kmin", "2", "--kmax", "16384")
+    assert d["t_star"] == 4 and d["schedule"]["kind"] == "linear" and len(d["K"]) == 256
+    d = run_json(capsys, "predict", "--N", "1.28e6", "--K", "16384", "--utilization", "0.5")
+    assert d["t_star"] == 3 and d["bound"][0] == pytest.approx(7.0)
+
+
+def test_predict_csv_and_table(capsys):
+    code, out, _ = run(capsys, "predict", "--N", "1.28e6", "--K", "16384", "--format", "csv")
+    lines = out.strip().splitlines()
+    assert code == 0 and lines[0] == "t,K,log2_K,capacity,remaining_budget,bound" and len(lines) == 257
+    code, out, _ = run(capsys, "predict", "--N", "1.28e6", "--K", "16384")
+    assert code == 0 and "t* = 2" in out and "209.7" in out
+
+
+def test_schedule_json_and_table2(capsys):
+    d = run_json(capsys, "schedule", "--schedule", "cosine", "--kmin", "2", "--kmax", "16384")
+    assert round(d["mean_K"], 1) == 5963.7 and round(d["bpp"], 4) == 0.0443 and d["t_star"] == 9
+    assert len(d["K"]) == 256 and d["capacity"][-1] == pytest.approx(sum(np.log2(d["K"])))
+    rows = run_json(capsys, "schedule", "--table")["schedules"]
+    assert [r["t_star"] for r in rows] == [2, 2, 4, 9, 12, 9]
+
+
+def test_schedule_plot(capsys, tmp_path):
+    code, _, err = run(capsys, "schedule", "--schedule", "power", "--kmax", "1024", "--length", "32",
+                       "--plot", tmp_path / "k.png")
+    assert code == 0 and (tmp_path / "k.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_help_lists_commands(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and all(c in out for c in ("predict", "measure", "schedule", "compare", "assign"))
+
+
+# ----------------------------------------------------------------------------------- measure
+
+@pytest.fixture
+def dump(tmp_path):
+    rng = np.random.default_rng(0)
+    s = Schedule("cosine", 2, 64, 6)
+    X = np.stack([rng.integers(0, k, 400) for k in s.K], axis=1)
+    return save_tokens(tmp_path / "tok.npy", X, s.K, s.to_dict(), labels=rng.integers(0, 3, 400)), X, s
+
+
+def brute_H_prefix(X):
+    out = []
+    for t in range(1, X.shape[1] + 1):
+        _, c = np.unique(X[:, :t], axis=0, return_counts=True)
+        p = c / c.sum()
+        out.append(float(-(p * np.log2(p)).sum()))
+    return np.array(out)
+
+
+def test_measure_json_reads_sidecar(capsys, dump):
+    path, X, s = dump
+    d = run_json(capsys, "measure", path)
+    assert {"N", "L", "log2_N", "t_star_theory", "t_star_budget", "t_star_threshold", "positions"} <= set(d)
+    assert d["N"] == 400 and d["L"] == 6 and d["K_source"].startswith("sidecar")
+    assert d["t_star_theory"] == theory.t_star(400, s.K)
+    pos = d["positions"]
+    assert [p["t"] for p in pos] == list(range(1, 7)) and [p["K"] for p in pos] == list(s.K)
+    assert set(pos[0]) >= {"t", "K", "H_cond", "H_cond_mm", "H_prefix", "H_marginal", "utilization", "groups"}
+    H = brute_H_prefix(X)
+    assert [p["H_prefix"] for p in pos] == pytest.approx(H, abs=1e-9)
+    assert [p["H_cond"] for p in pos] == pytest.approx(np.diff(H, prepend=0.0), abs=1e-9)
+    assert all(p["H_cond"] <= p["bound"] + 1e-9 for p in pos)
+
+
+def test_measure_out_writes_three_files(capsys, dump, tmp_path):
+    path, _, _ = dump
+    code, out, err = run(capsys, "measure", path, "--out", tmp_path / "res")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "res").iterdir()) == ["entropy.png", "measure.csv", "measure.json"]
+    assert json.loads((tmp_path / "res" / "measure.json").read_text())["N"] == 400
+    assert (tmp_path / "res" / "measure.csv").read_text().count("\n") == 7
+
+
+def test_compare_figure(capsys, dump, tmp_path):
+    path, X, s = dump
+    other = save_tokens(tmp_path / "other" / "c.npy", np.minimum(X, 1), s.K, s.to_dict())
+    d = run_json(capsys, "compare", path, other, "--out", tmp_path / "fig.png")
+    assert [c["N"] for c in d["corpora"]] == [400, 400]
+    assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ---------------------------------------------------------------------------------- bad input
+
+def _save(tmp_path, name, arr, **kw):
+    p = tmp_path / name
+    np.save(p, arr, **kw)
+    return p
+
+
+BAD = {
+    "missing": lambda t: ["measure", t / "nope.npy"],
+    "text": lambda t: ["measure", (t / "text.npy", (t / "text.npy").write_text("1 2\n3 4\n"))[0]],
+    "truncated": lambda t: ["measure", (t / "tr.npy", (t / "tr.npy").write_bytes(
+        (_save(t, "full.npy", np.zeros((50, 8), np.int32))).read_bytes()[:300]))[0]],
+    "float": lambda t: ["measure", _save(t, "f.npy", np.array([[0.5, 1.0], [2.0, 3.0]]))],
+    "negative": lambda t: ["measure", _save(t, "neg.npy", np.array([[0, -1], [2, 3]], np.int16))],
+    "object": lambda t: ["measure", _save(t, "o.npy", np.array([[1, None], [2, 3]], object), allow_pickle=True)],
+    "rank": lambda t: ["measure", _save(t, "r.npy", np.zeros((2, 2, 2), np.int8))],
+    "empty": lambda t: ["measure", _save(t, "e.npy", np.zeros((0, 5), np.int8))],
+    "N<2": lambda t: ["measure", _save(t, "one.npy", np.zeros((1, 5), np.int8))],
+    "token>=K_t": lambda t: ["measure", _save(t, "k.npy", np.array([[0, 5], [1, 2]], np.int8)),
+                             "--schedule", "linear", "--kmin", "2", "--kmax", "5"],
+    "token>=K": lambda t: ["measure", _save(t, "k2.npy", np.array([[0, 5], [1, 2]], np.int8)), "--K", "5"],
+    "N unparsable": lambda t: ["predict", "--N", "lots", "--K", "16384"],
+    "N non-positive": lambda t: ["predict", "--N", "-5", "--K", "16384"],
+    "N one": lambda t: ["predict", "--N", "1", "--K", "16384"],
+    "K unparsable": lambda t: ["predict", "--N", "1e6", "--K", "big"],
+    "K zero": lambda t: ["predict", "--N", "1e6", "--K", "0"],
+    "kmin>kmax": lambda t: ["schedule", "--schedule", "cosine", "--kmin", "100", "--kmax", "10"],
+    "no K at all": lambda t: ["predict", "--N", "1e6"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_one_line_exit_2_no_partial_files(capsys, tmp_path, case):
+    argv = BAD[case](tmp_path)
+    out_dir = tmp_path / "out"
+    if argv[0] == "measure":
+        argv += ["--out", out_dir]
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("entropy-cliff: error:")
+    assert "Traceback" not in err and out == ""
+    assert not out_dir.exists()
+
+
+def test_sidecar_k_violation(capsys, tmp_path):
+    p = save_tokens(tmp_path / "t.npy", np.array([[0, 3], [1, 2]]), [2, 4], {"kind": "custom"})
+    meta = json.loads((tmp_path / "t.meta.json").read_text())
+    meta["K"] = [2, 3]
+    (tmp_path / "t.meta.json").write_text(json.dumps(meta))
+    code, _, err = run(capsys, "measure", p)
+    assert code == 2 and "position 2" in err
