@@ -86,7 +86,12 @@ def remaining_budget(N: int, K: Sequence[int] | np.ndarray, utilization: float =
 
 
 def bound(N: int, K: Sequence[int] | np.ndarray, utilization: float = 1.0) -> np.ndarray:
-    """Proposition 1: min(u log2 K_t, max(0, log2 N - C(t-1))) per position t = 1..L."""
+    """Proposition 1: min(u log2 K_t, max(0, log2 N - C(t-1))) per position t = 1..L.
+
+    The ``log2 N - C(t-1)`` term presumes the earlier positions are fully used (H(X_<t) = C(t-1)).
+    What always holds on data is ``H_t <= min(log2 K_t, log2 N - H(X_<t))``; where earlier
+    positions are under-used a measured H_t can exceed this theoretical bound.
+    """
     K = np.asarray(K, dtype=np.int64)
     _check(N, K, utilization)
     return np.minimum(utilization * np.log2(K.astype(np.float64)), np.maximum(0.0, remaining_budget(N, K, utilization)))
