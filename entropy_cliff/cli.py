@@ -338,7 +338,8 @@ def _measure_report(run: dict[str, Any], delta: float, epsilon: float) -> dict[s
         positions.append(p)
     return {"file": str(run["path"]), "N": m.N, "L": m.L, "log2_N": m.log2_N,
             "t_star_theory": theory.t_star(m.N, m.K), "t_star_budget": m.t_star_budget(delta),
-            "t_star_threshold": m.t_star_threshold(epsilon), "delta": delta, "epsilon": epsilon,
+            "t_star_threshold": m.t_star_threshold(epsilon), "t_star_sustained": m.t_star_sustained(epsilon),
+            "delta": delta, "epsilon": epsilon,
             "K_source": run["K_source"], "positions": positions}
 
 
@@ -359,7 +360,8 @@ def _measure_text(rep: dict[str, Any]) -> str:
         f"K_t: {rep['K_source']}",
         f"t* theory (C(t) >= log2 N): {rep['t_star_theory']}   "
         f"budget (log2 N - H(X<=t) <= {rep['delta']:g}): {rep['t_star_budget']}   "
-        f"threshold (H_t < {rep['epsilon']:g}): {rep['t_star_threshold']}",
+        f"threshold (H_t < {rep['epsilon']:g}): {rep['t_star_threshold']}   "
+        f"sustained (H_s < {rep['epsilon']:g} for all s >= t): {rep['t_star_sustained']}",
         "", _table(shown, cols), tail]).rstrip()
 
 
@@ -368,7 +370,7 @@ def _entropy_curve(rep: dict[str, Any], run: dict[str, Any], label: str):
     m = run["measurement"]
     return EntropyCurve(label=label, H_cond=m.H_cond, remaining=theory.remaining_budget(m.N, m.K),
                         log2_K=np.log2(m.K.astype(float)), t_star_theory=rep["t_star_theory"],
-                        t_star_empirical=rep["t_star_threshold"], ci=m.ci)
+                        t_star_empirical=rep["t_star_sustained"], ci=m.ci)
 
 
 def _label(run: dict[str, Any]) -> str:
@@ -458,13 +460,15 @@ def compare(tokens, demo, labels, key, kind, kmin, kmax, power, schedule_file, K
     names = list(labels) if labels else [_label(r) for r in runs]
     summary = [{"label": n, "file": r["file"], "N": r["N"], "L": r["L"], "log2_N": r["log2_N"],
                 "t_star_theory": r["t_star_theory"], "t_star_budget": r["t_star_budget"],
-                "t_star_threshold": r["t_star_threshold"]} for n, r in zip(names, reps)]
+                "t_star_threshold": r["t_star_threshold"], "t_star_sustained": r["t_star_sustained"]}
+               for n, r in zip(names, reps)]
     if out is not None:
         from entropy_cliff.plots import entropy_figure, save_figure
         save_figure(entropy_figure([_entropy_curve(rep, run, n) for rep, run, n in zip(reps, runs, names)]), out)
         click.echo(f"wrote {out}", err=True)
     text = _table(summary, {"label": "corpus", "N": "N", "L": "L", "log2_N": "log2 N", "t_star_theory": "t* theory",
-                            "t_star_budget": "t* budget", "t_star_threshold": "t* threshold"})
+                            "t_star_budget": "t* budget", "t_star_threshold": "t* threshold",
+                            "t_star_sustained": "t* sustained"})
     _emit(fmt, {"corpora": [dict(s, positions=r["positions"]) for s, r in zip(summary, reps)]},
           [dict(p, corpus=s["label"]) for s, r in zip(summary, reps) for p in r["positions"]], text)
 

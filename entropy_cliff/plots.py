@@ -53,8 +53,8 @@ def entropy_figure(curves: Sequence[EntropyCurve], title: str | None = None) -> 
         ax.plot(t, c.remaining, color=color, lw=1.3, ls="--", label=f"{c.label}: log2 N - C(t-1)")
         if c.t_star_theory is not None:
             ax.axvline(c.t_star_theory, color=color, lw=0.8, ls=":")
-            ax.annotate(f"t*={c.t_star_theory}", (c.t_star_theory, ax.get_ylim()[1]), color=color,
-                        xytext=(3, -12), textcoords="offset points", fontsize=8)
+            ax.text(c.t_star_theory, 0.02, f" t*={c.t_star_theory}", color=color, fontsize=8,
+                    transform=ax.get_xaxis_transform())
         if c.t_star_empirical is not None:
             ax.plot([c.t_star_empirical], [c.H_cond[c.t_star_empirical - 1]], "o", color=color, ms=5)
         ax_k.plot(t, c.log2_K, color=color, lw=2, label=c.label)

@@ -1,0 +1,664 @@
+"""Exact per-position conditional entropy of a token corpus (paper §2.1, Fig. 2a).
+
+For a corpus ``X`` of N sequences × L positions, with ``G_t`` distinct length-t prefixes of
+multiplicities ``c_1..c_{G_t}`` (SPEC §1):
+
+    H(X_{<=t}) = log2 N - (1/N) sum_g c_g log2 c_g               (plug-in prefix entropy)
+    H_t        = H(X_{<=t}) - H(X_{<=t-1})                        (conditional entropy, Fig. 2a)
+    H_t^MM     = H_t + (G_t - G_{t-1}) / (2 N ln 2),  G_0 = 1     (Miller–Madow)
+    M_t = H(X_t),  U_t = M_t / log2 K_t                           (marginal entropy, utilization)
+
+**Algorithm** (exact: no result depends on a hash collision). Prefix groups are refined one
+column at a time: the rows of each active group are split by their token at column t through an
+open-addressing table whose keys are the full token values (compared exactly, so the hash only
+decides where to look). A group of one row contributes ``1 log2 1 = 0`` for ever and leaves the
+active set. A group of at most ``small_group`` rows is finished at once on contiguous row memory:
+its rows are sorted lexicographically on the remaining columns, the first-mismatch column ``p`` of
+each sorted neighbour pair is found, and merging neighbour pairs by decreasing ``p`` gives every
+later split; each merge of parts of weight ``a`` and ``b`` adds
+``(a+b) log2(a+b) - a log2 a - b log2 b`` to ``sum_g c_g log2 c_g`` and removes one group for the
+prefix lengths ``<= p``, accumulated in per-position difference arrays. The loop stops as soon as
+no group is active, so a corpus whose prefixes become distinct at t = 2 costs little more than two
+columns. Row weights (integer multiplicities) make the same kernel compute the bootstrap.
+
+The value checks and marginal histograms take one pass over the corpus in row blocks (threads keep
+private counts); the corpus, memory-mapped or not, is never copied whole.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+
+import numba as nb
+import numpy as np
+
+from entropy_cliff import estimators
+from entropy_cliff.errors import EntropyCliffError
+
+#: Groups with at most this many rows are finished on contiguous rows instead of column by column.
+SMALL_GROUP = 16
+#: Largest dense marginal histogram (entries summed over positions) before a per-column fallback.
+MAX_DENSE_BINS = 1 << 25
+#: Corpora with at least this many tokens show a progress bar when stderr is a terminal.
+PROGRESS_MIN_TOKENS = 1 << 26
+_BLOCK_BYTES = 1 << 26
+_TILE_BYTES = 1 << 24
+_PAD = 32
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Per-position entropies of a corpus; arrays have one entry per position t = 1..L (bits).
+
+    ``utilization`` is NaN where ``K_t = 1`` (``log2 K_t = 0``). ``ci`` / ``ci_prefix`` are the
+    bootstrap percentile intervals (columns: lower, upper) of ``H_cond`` / ``H_prefix``, or None.
+    """
+
+    N: int
+    L: int
+    K: np.ndarray
+    K_inferred: bool
+    H_prefix: np.ndarray
+    H_cond: np.ndarray
+    H_cond_mm: np.ndarray
+    groups: np.ndarray
+    H_marginal: np.ndarray
+    utilization: np.ndarray
+    ci: np.ndarray | None
+    ci_prefix: np.ndarray | None = None
+
+    @property
+    def log2_N(self) -> float:
+        return math.log2(self.N)
+
+    def t_star_budget(self, delta: float = 0.5) -> int | None:
+        """Smallest t (1-based) with ``log2 N - H(X_{<=t}) <= delta``; None if never reached."""
+        hit = np.flatnonzero(self.log2_N - self.H_prefix <= delta)
+        return int(hit[0]) + 1 if hit.size else None
+
+    def t_star_threshold(self, epsilon: float = 0.5) -> int | None:
+        """Smallest t (1-based) with ``H_t < epsilon``; None if never reached."""
+        hit = np.flatnonzero(self.H_cond < epsilon)
+        return int(hit[0]) + 1 if hit.size else None
+
+    def t_star_sustained(self, epsilon: float = 0.5) -> int | None:
+        """Smallest t (1-based) with ``H_s < epsilon`` for every s >= t; None if H_L >= epsilon.
+
+        Unlike :meth:`t_star_threshold` it is not fooled by a low-entropy early position (a VCQ
+        schedule's K_1 = 2 carries at most 1 bit) before the cliff.
+        """
+        above = np.flatnonzero(self.H_cond >= epsilon)
+        if above.size == 0:
+            return 1
+        return int(above[-1]) + 2 if above[-1] + 1 < self.L else None
+
+
+# ----------------------------------------------------------------------------- numba kernels
+
+
+@nb.njit(cache=True, nogil=True)
+def _xlog2x(c):
+    """``c log2 c`` for an integer weight ``c >= 0``."""
+    return c * math.log2(c) if c > 1 else 0.0
+
+
+# The prefix kernels see the corpus as a flat buffer ``F`` and ``geo = (base, s0, s1, L)``: token
+# (r, c) is ``F[base + r s0 + c s1]``. C order, Fortran order and strided views then share one
+# compiled kernel per token width.
+
+
+@nb.njit(cache=True, nogil=True)
+def _mismatch(F, geo, ra, rb, c0):
+    """First column ``>= c0`` where rows ``ra`` and ``rb`` differ, or L when they agree."""
+    base, s0, s1, L = geo
+    pa = base + ra * s0
+    pb = base + rb * s0
+    c = c0
+    if s1 == 1:  # contiguous rows: compare 16 tokens per branch (vectorisable, overlapping loads)
+        while c + 16 <= L:
+            diff = F[pa + c] ^ F[pb + c]
+            for k in range(1, 16):
+                diff |= F[pa + c + k] ^ F[pb + c + k]
+            if diff != 0:
+                break
+            c += 16
+    for k in range(c, L):
+        if F[pa + k * s1] != F[pb + k * s1]:
+            return k
+    return L
+
+
+@nb.njit(cache=True, nogil=True)
+def _row_less(F, geo, ra, rb, c0):
+    """Row ``ra`` before row ``rb`` on columns ``c0..L-1``, comparing tokens' bit patterns (any
+    total order of tokens serves: equal prefixes end up adjacent)."""
+    base, s0, s1, L = geo
+    c = _mismatch(F, geo, ra, rb, c0)
+    return c < L and F[base + ra * s0 + c * s1] < F[base + rb * s0 + c * s1]
+
+
+@nb.njit(cache=True, nogil=True)
+def _lexsort_rows(F, geo, r, c0):
+    """Permutation sorting rows ``r`` lexicographically on columns ``c0..L-1`` (merge sort)."""
+    m = r.shape[0]
+    perm = np.arange(m)
+    buf = np.empty(m, np.int64)
+    width = 1
+    while width < m:
+        for lo in range(0, m, 2 * width):
+            mid = min(lo + width, m)
+            hi = min(lo + 2 * width, m)
+            i, k, o = lo, mid, lo
+            while i < mid and k < hi:
+                if _row_less(F, geo, r[perm[k]], r[perm[i]], c0):
+                    buf[o] = perm[k]
+                    k += 1
+                else:
+                    buf[o] = perm[i]
+                    i += 1
+                o += 1
+            while i < mid:
+                buf[o] = perm[i]
+                i += 1
+                o += 1
+            while k < hi:
+                buf[o] = perm[k]
+                k += 1
+                o += 1
+        perm, buf = buf, perm
+        width *= 2
+    return perm
+
+
+@nb.njit(cache=True, nogil=True)
+def _finish_group(F, geo, r, w, ell, S_diff, G_diff):
+    """Add all future contributions of one group (rows ``r``, weights ``w``, equal on ``ell`` columns).
+
+    With the rows sorted lexicographically and ``p_k`` the first mismatch of neighbours k, k+1, the
+    group at prefix length ``l >= ell`` splits into the runs of neighbours with ``p_k >= l``. Start
+    from single rows (``sum_i w_i log2 w_i``, ``m`` groups, for every l >= ell) and merge neighbour
+    pairs by decreasing ``p_k``: merging parts of weight a and b changes ``sum c log2 c`` by
+    ``f(a+b) - f(a) - f(b)`` and the group count by -1 for ``l`` in ``[ell, p_k]`` (the sum of
+    these changes does not depend on how ties in ``p`` are ordered).
+    """
+    m = r.shape[0]
+    if m == 2:  # the common case, without allocations: one contiguous compare
+        p = _mismatch(F, geo, r[0], r[1], ell)
+        fa = _xlog2x(w[0])
+        fb = _xlog2x(w[1])
+        d = _xlog2x(w[0] + w[1]) - fa - fb
+        S_diff[ell] += fa + fb + d
+        S_diff[p + 1] -= d
+        G_diff[ell] += 1
+        G_diff[p + 1] += 1
+        return
+    if m > 2:
+        perm = _lexsort_rows(F, geo, r, ell)
+        r[:] = r[perm]
+        w[:] = w[perm]
+    base = 0.0
+    for i in range(m):
+        base += _xlog2x(w[i])
+    S_diff[ell] += base
+    G_diff[ell] += m
+    if m == 1:
+        return
+    e = m - 1
+    p = np.empty(e, np.int64)
+    for k in range(e):
+        p[k] = _mismatch(F, geo, r[k], r[k + 1], ell)
+    # Merge order: decreasing p, ties by decreasing k. When edge k merges, its left part is rows
+    # lb+1..k (lb: nearest edge to the left with p <= p_k) and its right part rows k+1..rb (rb:
+    # nearest edge to the right with p < p_k); monotone stacks find both in O(m).
+    cw = np.zeros(m + 1, np.int64)
+    for i in range(m):
+        cw[i + 1] = cw[i] + w[i]
+    lb = np.empty(e, np.int64)
+    rb = np.empty(e, np.int64)
+    stack = np.empty(e, np.int64)
+    top = 0
+    for k in range(e):
+        while top > 0 and p[stack[top - 1]] > p[k]:
+            top -= 1
+        lb[k] = stack[top - 1] if top > 0 else -1
+        stack[top] = k
+        top += 1
+    top = 0
+    for k in range(e - 1, -1, -1):
+        while top > 0 and p[stack[top - 1]] >= p[k]:
+            top -= 1
+        rb[k] = stack[top - 1] if top > 0 else e
+        stack[top] = k
+        top += 1
+    for k in range(e):
+        wa = cw[k + 1] - cw[lb[k] + 1]
+        wb = cw[rb[k] + 1] - cw[k + 1]
+        d = _xlog2x(wa + wb) - _xlog2x(wa) - _xlog2x(wb)
+        S_diff[ell] += d
+        S_diff[p[k] + 1] -= d
+        G_diff[ell] -= 1
+        G_diff[p[k] + 1] += 1
+
+
+@nb.njit(cache=True, nogil=True)
+def _refine(F, geo, j, rows, w, seg, small, S_diff, G_diff):
+    """Split every active group (``rows[seg[s]:seg[s+1]]``) by its token in column ``j``.
+
+    Parts of one row and parts of at most ``small`` rows are finished (``S_diff``/``G_diff``);
+    larger parts stay active. Returns the new active ``rows, w, seg`` and, at prefix length j+1,
+    the active parts' ``sum c log2 c`` and count.
+    """
+    base, s0, s1, L = geo
+    col = base + j * s1
+    n = rows.shape[0]
+    nseg = seg.shape[0] - 1
+    ell = j + 1
+    maxm = 0
+    for s in range(nseg):
+        maxm = max(maxm, seg[s + 1] - seg[s])
+    tcap = 8
+    while tcap < 2 * maxm:
+        tcap *= 2
+    ids = np.empty(tcap, np.int64)  # open-addressing table: slot -> local part id, -1 empty
+    keys = np.empty(maxm, np.uint64)  # local part id -> its token (the exact key)
+    cnt = np.empty(maxm + 1, np.int64)
+    lid = np.empty(maxm, np.int64)
+    tr = np.empty(maxm, np.int64)
+    tw = np.empty(maxm, np.int64)
+    tok = np.empty(n, np.uint64)
+    for i in range(n):  # gather column j first: independent loads overlap their cache misses
+        tok[i] = F[col + rows[i] * s0]
+    new_rows = np.empty(n, np.int64)
+    new_w = np.empty(n, np.int64)
+    new_seg = np.empty(n + 1, np.int64)
+    new_seg[0] = 0
+    ns = 0
+    pos = 0
+    S_act = 0.0
+    G_act = 0
+    for s in range(nseg):
+        a = seg[s]
+        m = seg[s + 1] - a
+        cap = 8
+        while cap < 2 * m and cap < 1024:
+            cap *= 2
+        ids[:cap] = -1
+        shift = np.uint64(64 - _log2_int(cap))
+        d = 0
+        for i in range(m):
+            v = tok[a + i]
+            h = np.int64((v * _GOLDEN) >> shift)
+            while True:
+                q = ids[h]
+                if q < 0:
+                    q = d
+                    ids[h] = q
+                    keys[q] = v
+                    cnt[q] = 0
+                    d += 1
+                    if 2 * d > cap:
+                        cap *= 2
+                        shift = np.uint64(64 - _log2_int(cap))
+                        _rehash(ids, keys, d, cap)
+                    break
+                if keys[q] == v:
+                    break
+                h = (h + 1) & (cap - 1)
+            lid[i] = q
+            cnt[q] += 1
+        # counting-sort the rows of the group by part id
+        start = 0
+        for q in range(d):
+            c = cnt[q]
+            cnt[q] = start
+            start += c
+        cnt[d] = m
+        for i in range(m):
+            q = lid[i]
+            tr[cnt[q]] = rows[a + i]
+            tw[cnt[q]] = w[a + i]
+            cnt[q] += 1
+        lo = 0
+        for q in range(d):
+            hi = cnt[q]
+            c = hi - lo
+            if c == 1:
+                S_diff[ell] += _xlog2x(tw[lo])
+                G_diff[ell] += 1
+            elif c <= small:
+                _finish_group(F, geo, tr[lo:hi], tw[lo:hi], ell, S_diff, G_diff)
+            else:
+                W = 0
+                for i in range(lo, hi):
+                    new_rows[pos] = tr[i]
+                    new_w[pos] = tw[i]
+                    W += tw[i]
+                    pos += 1
+                ns += 1
+                new_seg[ns] = pos
+                S_act += _xlog2x(W)
+                G_act += 1
+            lo = hi
+    return new_rows[:pos], new_w[:pos], new_seg[: ns + 1], S_act, G_act
+
+
+@nb.njit(cache=True, nogil=True)
+def _log2_int(cap):
+    b = 0
+    while (1 << b) < cap:
+        b += 1
+    return b
+
+
+@nb.njit(cache=True, nogil=True)
+def _rehash(ids, keys, d, cap):
+    """Re-insert the ``d`` distinct keys into a table of ``cap`` slots."""
+    ids[:cap] = -1
+    shift = np.uint64(64 - _log2_int(cap))
+    for q in range(d):
+        h = np.int64((keys[q] * _GOLDEN) >> shift)
+        while ids[h] >= 0:
+            h = (h + 1) & (cap - 1)
+        ids[h] = q
+
+
+@nb.njit(cache=True, nogil=True)
+def _scan_rows(B, a, b, flip, offsets, K_u, cn, mn, mx, do_count, tb):
+    """Column minima/maxima of rows ``a..b-1`` of ``B`` and, if ``do_count``, marginal histograms.
+
+    ``B`` holds the tokens' bits as unsigned integers; ``v = bits ^ flip`` (``flip`` = the sign bit
+    for a signed dtype, else 0) orders them like the tokens, so ``mn``/``mx`` get the extremes of v.
+    Token x at position t goes to bin ``offsets[t] + x`` of ``cn`` when its bits are ``< K_t``
+    (every valid token; a negative one is caught by the minimum). Rows are transposed a tile at a
+    time into ``tb`` (rows padded by ``_PAD`` so that its columns do not share cache sets), so that
+    each position's bins are filled from contiguous tokens while they sit in cache.
+    """
+    L = B.shape[1]
+    R = tb.shape[1] - _PAD
+    for i0 in range(a, b, R):
+        r = min(R, b - i0)
+        for i in range(r):
+            row = B[i0 + i]
+            for t in range(L):
+                v = row[t] ^ flip
+                mn[t] = min(mn[t], v)
+                mx[t] = max(mx[t], v)
+        if do_count:
+            for i in range(r):
+                row = B[i0 + i]
+                for t in range(L):
+                    tb[t, i] = row[t]
+            for t in range(L):
+                off = offsets[t]
+                kt = K_u[t]
+                col = tb[t]
+                for i in range(r):
+                    u = np.uint64(col[i])
+                    if u < kt:
+                        cn[off + np.int64(u)] += 1
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def _scan_block(B, flip, offsets, K_u, counts, mins, maxs, do_count, buf):
+    """:func:`_scan_rows` on a row block, thread k taking rows ``[n k / T, n (k+1) / T)`` into
+    its private ``mins[k]``, ``maxs[k]``, ``counts[k]``, ``buf[k]``."""
+    T = mins.shape[0]
+    n = B.shape[0]
+    for k in nb.prange(T):
+        _scan_rows(B, n * k // T, n * (k + 1) // T, flip, offsets, K_u, counts[k], mins[k], maxs[k], do_count,
+                   buf[k])
+
+
+# ----------------------------------------------------------------------------- Python API
+
+
+def _integer_corpus(X) -> np.ndarray:
+    """``X`` as an (N, L) integer ndarray (memory maps stay memory maps), else EntropyCliffError."""
+    if not isinstance(X, np.ndarray):
+        X = np.asarray(X)
+    if X.ndim != 2 or X.dtype.kind not in "iu" or X.size == 0:
+        raise EntropyCliffError(f"expected a non-empty (N, L) integer token array, got {X.dtype} {X.shape}")
+    return X
+
+
+def _flat_geometry(X: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """``X`` as a flat buffer of native unsigned integers of the same width, and ``geo``.
+
+    No copy: a 1-D view spanning X's memory, reinterpreted bit for bit. Prefix entropy only
+    compares tokens for equality, which any bit-preserving view keeps (signedness, byte order);
+    four token widths then cover every integer dtype.
+    """
+    X = np.asarray(X)
+    item = X.dtype.itemsize
+    if any(st % item for st in X.strides):  # not addressable in whole tokens (exotic views only)
+        X = np.ascontiguousarray(X)
+    N, L = X.shape
+    s0, s1 = (st // item for st in X.strides)
+    low = min(0, (N - 1) * s0) + min(0, (L - 1) * s1)  # offset of the lowest-addressed token
+    span = 1 + abs((N - 1) * s0) + abs((L - 1) * s1)
+    i0, j0 = (N - 1 if s0 < 0 else 0), (L - 1 if s1 < 0 else 0)
+    corner = X[i0 : i0 + 1, j0 : j0 + 1]
+    F = np.lib.stride_tricks.as_strided(corner, shape=(span,), strides=(item,), writeable=False)
+    return F.view(np.dtype(f"=u{item}")), (-low, s0, s1, L)
+
+
+def _want_progress(progress: bool | None, size: int) -> bool:
+    if progress is None:
+        return size >= PROGRESS_MIN_TOKENS and sys.stderr.isatty()
+    return progress
+
+
+def _bar(enabled: bool, total: int, desc: str, unit: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False)
+
+
+def _prefix_sums(X: np.ndarray, weights: np.ndarray | None, small_group: int, progress: bool):
+    """``S_l = sum_g c_g log2 c_g`` and ``G_l`` for prefix lengths l = 0..L, plus the total weight."""
+    N, L = X.shape
+    F, geo = _flat_geometry(X)
+    if weights is None:
+        rows = np.arange(N, dtype=np.int64)
+        w = np.ones(N, dtype=np.int64)
+    else:
+        weights = np.asarray(weights)
+        if weights.shape != (N,) or weights.dtype.kind not in "iub":
+            raise EntropyCliffError(f"weights must be {N} non-negative integers, got {weights.dtype} {weights.shape}")
+        if weights.size and weights.min() < 0:
+            raise EntropyCliffError("weights must be non-negative")
+        rows = np.flatnonzero(weights).astype(np.int64)
+        w = weights[rows].astype(np.int64)
+    W = int(w.sum())
+    if W == 0:
+        raise EntropyCliffError("all weights are zero")
+    n_rows = rows.size
+    all_apart = float(estimators.xlog2x(w).sum())  # sum c log2 c once every row is its own prefix
+    S_act = np.zeros(L + 1)
+    G_act = np.zeros(L + 1, np.int64)
+    S_diff = np.zeros(L + 2)
+    G_diff = np.zeros(L + 2, np.int64)
+    if rows.size <= max(small_group, 1):
+        _finish_group(F, geo, rows, w, 0, S_diff, G_diff)
+        rows = rows[:0]
+    else:
+        S_act[0] = W * math.log2(W) if W > 1 else 0.0
+        G_act[0] = 1
+    seg = np.array([0, rows.size], dtype=np.int64)
+    bar = _bar(progress, L, "prefix entropy", "pos")
+    for j in range(L):
+        if rows.size == 0:
+            break
+        rows, w, seg, S_act[j + 1], G_act[j + 1] = _refine(F, geo, j, rows, w, seg, small_group, S_diff, G_diff)
+        if bar is not None:
+            bar.set_postfix(active=rows.size, refresh=False)
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    S = S_act + np.cumsum(S_diff)[: L + 1]
+    G = G_act + np.cumsum(G_diff)[: L + 1]
+    # Exactness where the partition is known: equal group counts mean an unchanged partition
+    # (refinement), so S is unchanged; G = number of weighted rows means all rows are apart.
+    S[G == n_rows] = all_apart
+    S[0] = W * math.log2(W) if W > 1 else 0.0
+    for t in range(1, L + 1):
+        if G[t] == G[t - 1]:
+            S[t] = S[t - 1]
+    return S, G, W
+
+
+def prefix_entropy(
+    X: np.ndarray,
+    weights: np.ndarray | None = None,
+    *,
+    small_group: int = SMALL_GROUP,
+    progress: bool | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact plug-in prefix entropies ``H(X_{<=t})`` (bits) and distinct-prefix counts ``G_t``.
+
+    ``H(X_{<=t}) = log2 W - (1/W) sum_g C_g log2 C_g`` where ``C_g`` is the total weight of the rows
+    whose length-t prefix is g and ``W`` the total weight (``weights=None``: every row weighs 1,
+    W = N). ``G_t`` counts the distinct prefixes among rows of positive weight. Both arrays have
+    shape (L,), entry t-1 for prefix length t. ``small_group`` is the group size below which groups
+    are finished on contiguous rows (0: column by column only; >= N: contiguous only); the result
+    does not depend on it.
+    """
+    X = _integer_corpus(X)
+    N, L = X.shape
+    S, G, W = _prefix_sums(X, weights, small_group, _want_progress(progress, N * L))
+    H = math.log2(W) - S / W
+    return H[1:], G[1:]
+
+
+def _scan(X: np.ndarray, K: np.ndarray | None, progress: bool):
+    """One pass in row blocks: per-position min and max (as Python ints), and marginal counts when
+    ``K`` is given."""
+    N, L = X.shape
+    T = nb.get_num_threads()
+    dt = X.dtype.newbyteorder("=")
+    ut = np.dtype(f"=u{dt.itemsize}")
+    flip = ut.type(1 << (8 * dt.itemsize - 1) if dt.kind == "i" else 0)
+    mins = np.full((T, L), np.iinfo(ut).max, dtype=ut)
+    maxs = np.zeros((T, L), dtype=ut)
+    ctype = np.int32 if N < 2**31 else np.int64
+    if K is not None:
+        offsets = np.concatenate(([0], np.cumsum(K)[:-1])).astype(np.int64)
+        counts = np.zeros((T, int(K.sum())), dtype=ctype)
+        K_u = K.astype(np.uint64)
+    else:
+        offsets = np.zeros(L, np.int64)
+        counts = np.zeros((T, 0), dtype=ctype)
+        K_u = np.zeros(L, np.uint64)
+    row_bytes = L * dt.itemsize
+    step = max(1, _BLOCK_BYTES // row_bytes)
+    tile = min(max(1, _TILE_BYTES // row_bytes), -(-N // T))
+    buf = np.empty((T, L, tile + _PAD) if K is not None else (T, 0, _PAD + 1), dtype=ut)
+    bar = _bar(progress, N, "scan", "row")
+    for r0 in range(0, N, step):
+        B = np.ascontiguousarray(X[r0 : r0 + step], dtype=dt).view(ut)  # a copy only for a strided block
+        B.flags.writeable = False  # one compiled kernel for memory maps and in-memory arrays alike
+        _scan_block(B, flip, offsets, K_u, counts, mins, maxs, K is not None, buf)
+        if bar is not None:
+            bar.update(B.shape[0])
+    if bar is not None:
+        bar.close()
+    lo = (mins.min(axis=0) ^ flip).view(dt).tolist()
+    hi = (maxs.max(axis=0) ^ flip).view(dt).tolist()
+    return lo, hi, (counts.sum(axis=0, dtype=np.int64) if K is not None else None)
+
+
+def _check_values(mins: list[int], maxs: list[int], K: np.ndarray | None) -> None:
+    """Raise for the first position holding a negative token or a token >= K_t."""
+    for t, (lo, hi) in enumerate(zip(mins, maxs)):
+        k = f"K_t = {int(K[t])}" if K is not None else "K inferred"
+        if lo < 0:
+            raise EntropyCliffError(f"position {t + 1}: negative token {lo} ({k}); tokens must be >= 0")
+        if K is not None and hi >= int(K[t]):
+            raise EntropyCliffError(f"position {t + 1}: token {hi} >= K_t = {int(K[t])}; tokens must lie in [0, K_t)")
+
+
+def _marginal_entropy(X: np.ndarray, K: np.ndarray, counts: np.ndarray | None) -> np.ndarray:
+    """``M_t = H(X_t)`` from the dense histograms, or column by column when those are too large."""
+    N = X.shape[0]
+    if counts is not None:
+        offsets = np.concatenate(([0], np.cumsum(K)[:-1]))
+        s = np.add.reduceat(estimators.xlog2x(counts), offsets)
+        return math.log2(N) - s / N
+    return np.array([estimators.plugin_entropy(np.unique(np.asarray(X[:, t]), return_counts=True)[1])
+                     for t in range(X.shape[1])])
+
+
+def measure(
+    X: np.ndarray,
+    K=None,
+    *,
+    bootstrap: int = 0,
+    confidence: float = 0.95,
+    seed: int = 0,
+    progress: bool | None = None,
+    small_group: int = SMALL_GROUP,
+) -> Measurement:
+    """Measure an (N, L) integer corpus: prefix, conditional, Miller–Madow and marginal entropies.
+
+    ``K`` gives the codebook size per position (length L); when None it is inferred as the global
+    maximum token + 1. Raises :class:`EntropyCliffError` for a negative token or a token >= K_t.
+    ``bootstrap = B > 0`` resamples rows B times (multinomial row weights, ``seed``) and adds
+    percentile intervals at level ``confidence`` for H_cond (``ci``) and H_prefix (``ci_prefix``).
+    Near the cliff the plug-in entropy of a resample is biased low (a resample holds about 63 % of
+    the distinct rows), so there the percentile interval can lie below the point estimate.
+    ``small_group`` tunes the kernel (see :func:`prefix_entropy`) and never changes the result.
+    """
+    X = _integer_corpus(X)
+    N, L = X.shape
+    show = _want_progress(progress, N * L)
+    if K is not None:
+        K = np.asarray(K)
+        if K.ndim != 1 or K.shape[0] != L:
+            raise EntropyCliffError(f"K lists {K.size} codebook sizes but the corpus has L = {L} positions")
+        if K.dtype.kind not in "iu" or (K < 1).any():
+            raise EntropyCliffError("codebook sizes K_t must be positive integers")
+        K = K.astype(np.int64)
+    if bootstrap < 0:
+        raise EntropyCliffError(f"bootstrap must be >= 0, got {bootstrap}")
+    if bootstrap:
+        estimators.percentile_interval(np.zeros((1, 1)), confidence)  # validates the level early
+    dense = K is not None and int(K.sum()) <= MAX_DENSE_BINS
+    mins, maxs, counts = _scan(X, K if dense else None, show)
+    _check_values(mins, maxs, K)
+    K_inferred = K is None
+    if K_inferred:
+        top = max(maxs) + 1
+        if top > np.iinfo(np.int64).max:
+            raise EntropyCliffError(f"largest token {top - 1} does not fit a 64-bit codebook size")
+        K = np.full(L, top, dtype=np.int64)
+        if top * L <= MAX_DENSE_BINS:
+            counts = _scan(X, K, show)[2]
+    S, G, _ = _prefix_sums(X, None, small_group, show)
+    H_prefix = math.log2(N) - S[1:] / N
+    groups = G[1:]
+    H_cond = np.diff(H_prefix, prepend=0.0)
+    H_cond_mm = np.diff(estimators.miller_madow(H_prefix, groups, N), prepend=0.0)
+    H_marginal = _marginal_entropy(X, K, counts)
+    utilization = np.where(K > 1, H_marginal / np.log2(np.maximum(K, 2)), np.nan)
+    ci = ci_prefix = None
+    if bootstrap:
+        rng = np.random.default_rng(seed)
+        reps = np.empty((bootstrap, L))
+        bar = _bar(show, bootstrap, "bootstrap", "resample")
+        for b in range(bootstrap):
+            S_b, _, W = _prefix_sums(X, estimators.bootstrap_weights(rng, N), small_group, False)
+            reps[b] = math.log2(W) - S_b[1:] / W
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        ci_prefix = estimators.percentile_interval(reps, confidence)
+        ci = estimators.percentile_interval(np.diff(reps, axis=1, prepend=0.0), confidence)
+    return Measurement(N=N, L=L, K=K, K_inferred=K_inferred, H_prefix=H_prefix, H_cond=H_cond,
+                       H_cond_mm=H_cond_mm, groups=groups, H_marginal=H_marginal,
+                       utilization=utilization, ci=ci, ci_prefix=ci_prefix)
