@@ -26,6 +26,8 @@ import numpy as np
 from entropy_cliff.errors import EntropyCliffError
 
 SIDECAR_SUFFIX = ".meta.json"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def sidecar_path(tokens_path: str | os.PathLike) -> Path:
@@ -138,6 +140,7 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
         for final in finals:
             final.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + final.suffix, dir=final.parent)
+            os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual mode
             os.close(fd)
             temps.append(Path(tmp))
         yield temps

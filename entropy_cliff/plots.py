@@ -53,10 +53,11 @@ def entropy_figure(curves: Sequence[EntropyCurve], title: str | None = None) -> 
         ax.plot(t, c.remaining, color=color, lw=1.3, ls="--", label=f"{c.label}: log2 N - C(t-1)")
         if c.t_star_theory is not None:
             ax.axvline(c.t_star_theory, color=color, lw=0.8, ls=":")
-            ax.text(c.t_star_theory, 0.02, f" t*={c.t_star_theory}", color=color, fontsize=8,
+            ax.text(c.t_star_theory, 0.97, f" t*={c.t_star_theory} (theory)", color=color, fontsize=8, va="top",
                     transform=ax.get_xaxis_transform())
         if c.t_star_empirical is not None:
-            ax.plot([c.t_star_empirical], [c.H_cond[c.t_star_empirical - 1]], "o", color=color, ms=5)
+            ax.plot([c.t_star_empirical], [c.H_cond[c.t_star_empirical - 1]], "o", color=color, ms=6,
+                    label=f"{c.label}: measured t*={c.t_star_empirical}")
         ax_k.plot(t, c.log2_K, color=color, lw=2, label=c.label)
     ax.axhline(0, color="0.3", lw=0.8)
     top = max(float(np.max(c.remaining[:1])) for c in curves)
@@ -64,7 +65,7 @@ def entropy_figure(curves: Sequence[EntropyCurve], title: str | None = None) -> 
     _positions_axis(ax, L)
     ax.set_ylabel("bits")
     ax.set_title(title or "Per-position conditional entropy on the training set")
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="center right")
     ax.grid(alpha=0.3)
     _positions_axis(ax_k, L)
     ax_k.set_ylabel("log2 K_t (bits per position)")

@@ -76,6 +76,7 @@ def test_atomic_paths_leave_nothing_after_failure(tmp_path):
         ta.write_text("x")
         tb.write_text("y")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.csv"]
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~io._UMASK
 
 
 def test_save_tokens_round_trip(tmp_path):

@@ -1,0 +1,210 @@
+"""The shared training loop: schedule, data order, weight decay, bit-exact resume, DDP (gloo)."""
+
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from entropy_cliff.errors import EntropyCliffError
+from vcq.data import ImageSet
+from vcq.presets import TokenizerConfig, TrainConfig
+from vcq.tokenizer import DataSpec, run_config, train_tokenizer
+from vcq.train import Task, batch_indices, frozen, lr_at, param_groups, train
+
+SMALL = TokenizerConfig(image_size=8, patch_size=4, num_latent=6, enc_width=16, enc_depth=1, enc_heads=2,
+                        dec_width=16, dec_depth=1, dec_heads=2, code_dim=4, kmax=32, disc_start=2,
+                        disc_channels=8, disc_layers=1, dead_code_restart=True, dead_code_threshold=0.5)
+TRAIN = TrainConfig(steps=6, batch_size=8, lr=3e-3, min_lr=1e-4, warmup_steps=2, log_every=1, ckpt_every=2,
+                    preview_every=3, seed=7)
+DATA = DataSpec("shapes", n=48)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Single-threaded torch: faster on a shared 2-core machine, and the same numbers every run."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_lr_warmup_then_linear_decay():
+    cfg = TrainConfig(steps=110, lr=1.0, min_lr=0.1, warmup_steps=10)
+    assert lr_at(0, cfg) == pytest.approx(0.1)
+    assert lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0)
+    assert lr_at(60, cfg) == pytest.approx(0.55)
+    assert lr_at(110, cfg) == pytest.approx(0.1)
+    lrs = [lr_at(s, cfg) for s in range(10, 110)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_batches_partition_each_epoch_across_ranks():
+    n, b, world = 50, 4, 3
+    per_epoch = n // (b * world)
+    for epoch in range(2):
+        got = [batch_indices(epoch * per_epoch + j, n, b, world, r, 1) for j in range(per_epoch) for r in range(world)]
+        flat = np.concatenate(got)
+        assert len(flat) == per_epoch * b * world == len(set(flat.tolist()))
+    assert not np.array_equal(batch_indices(0, n, b, world, 0, 1), batch_indices(per_epoch, n, b, world, 0, 1))
+    # rank slices of one global batch are the single-process batch of size world * b
+    both = np.concatenate([batch_indices(5, n, 4, 2, r, 3) for r in range(2)])
+    np.testing.assert_array_equal(both, batch_indices(5, n, 8, 1, 0, 3))
+    with pytest.raises(EntropyCliffError, match="smaller than one global batch"):
+        batch_indices(0, 10, 8, 2, 0, 0)
+
+
+def test_weight_decay_skips_biases_norms_and_named_parameters():
+    m = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Embedding(5, 4))
+    m.register_parameter("codebook", nn.Parameter(torch.zeros(6, 2)))
+    decay, keep = param_groups(m, 0.1, ("codebook",))
+    assert decay["weight_decay"] == 0.1 and keep["weight_decay"] == 0.0
+    assert {id(p) for p in decay["params"]} == {id(m[0].weight), id(m[2].weight)}
+    assert {id(p) for p in keep["params"]} == {id(m[0].bias), id(m[1].weight), id(m[1].bias), id(m.codebook)}
+
+
+def test_frozen_blocks_parameter_gradients_not_input_gradients():
+    lin = nn.Linear(2, 1)
+    x = torch.randn(3, 2, requires_grad=True)
+    with frozen(lin):
+        lin(x).sum().backward()
+    assert lin.weight.grad is None and x.grad is not None
+    assert lin.weight.requires_grad
+
+
+def _state(run):
+    st = torch.load(run / "train_state.pt", weights_only=False)
+    return load_file(str(run / "model.safetensors")), st
+
+
+def _assert_same_run(a, b):
+    wa, sa = _state(a)
+    wb, sb = _state(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    assert sa["step"] == sb["step"]
+    for name in sa["models"]:
+        for k, v in sa["models"][name].items():
+            assert torch.equal(v, sb["models"][name][k]), (name, k)
+    for name in sa["optimizers"]:
+        for pid, s in sa["optimizers"][name]["state"].items():
+            for k, v in s.items():
+                assert torch.equal(v, sb["optimizers"][name]["state"][pid][k]), (name, pid, k)
+    rows = [[{k: v for k, v in json.loads(ln).items() if k != "steps_per_s"} for ln in (r / "metrics.jsonl").read_text().splitlines()]
+            for r in (a, b)]
+    assert rows[0] == rows[1]
+    assert [r["step"] for r in rows[0]] == list(range(1, 7))
+
+
+def test_resume_is_bit_exact(tmp_path):
+    """6 steps in one go == 3 steps, stop, resume 3 (GAN, dead-code restarts and flips all active)."""
+    cfg = run_config(SMALL, TRAIN, DATA, "test")
+    train_tokenizer(cfg, tmp_path / "full", quiet=True)
+    res = train_tokenizer(cfg, tmp_path / "split", stop_at=3, quiet=True)
+    assert res.step == 3
+    train_tokenizer(cfg, tmp_path / "split", resume=True, quiet=True)
+    _assert_same_run(tmp_path / "full", tmp_path / "split")
+    assert "d_loss" in json.loads((tmp_path / "full" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert (tmp_path / "full" / "preview_0000006.png").exists()
+
+
+def test_interrupted_run_resumes_from_last_checkpoint(tmp_path, monkeypatch):
+    """A crash at step 5 keeps the step-4 checkpoint; resuming gives the uninterrupted result."""
+    cfg = run_config(SMALL, TRAIN, DATA, "test")
+    train_tokenizer(cfg, tmp_path / "full", quiet=True)
+    calls = {"n": 0}
+    original = ImageSet.batch
+
+    def crashing(self, idx, rng):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return original(self, idx, rng)
+
+    monkeypatch.setattr(ImageSet, "batch", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        train_tokenizer(cfg, tmp_path / "crash", quiet=True)
+    monkeypatch.setattr(ImageSet, "batch", original)
+    assert torch.load(tmp_path / "crash" / "train_state.pt", weights_only=False)["step"] == 4
+    assert not [p for p in (tmp_path / "crash").iterdir() if p.name.startswith(".")]  # no temporaries
+    train_tokenizer(cfg, tmp_path / "crash", resume=True, quiet=True)
+    _assert_same_run(tmp_path / "full", tmp_path / "crash")
+
+
+def test_existing_runs_are_not_overwritten_and_resume_checks_the_config(tmp_path):
+    cfg = run_config(SMALL, TRAIN, DATA, "test")
+    train_tokenizer(cfg, tmp_path, stop_at=1, quiet=True)
+    with pytest.raises(EntropyCliffError, match="already holds a run"):
+        train_tokenizer(cfg, tmp_path, quiet=True)
+    other = run_config(TokenizerConfig(**{**SMALL.__dict__, "schedule": "linear"}), TRAIN, DATA, "test")
+    with pytest.raises(EntropyCliffError, match="schedule"):
+        train_tokenizer(other, tmp_path, resume=True, quiet=True)
+    (tmp_path / "train_state.pt").write_bytes(b"garbage")
+    with pytest.raises(EntropyCliffError, match="corrupt"):
+        train_tokenizer(cfg, tmp_path, resume=True, quiet=True)
+    with pytest.raises(EntropyCliffError, match="no config.json"):
+        train_tokenizer(cfg, tmp_path / "empty", resume=True, quiet=True)
+
+
+# ---------------------------------------------------------------------------- DDP on CPU (gloo)
+
+class LinearTask(Task):
+    def __init__(self):
+        torch.manual_seed(0)
+        self.models = {"model": nn.Linear(4, 2)}
+
+    def step(self, models, batch, step):
+        return ((models["model"](batch["x"]) - batch["y"]) ** 2).mean(), {}
+
+
+class ArrayData:
+    def __init__(self):
+        rng = np.random.default_rng(0)
+        self.x = rng.standard_normal((64, 4)).astype(np.float32)
+        self.y = rng.standard_normal((64, 2)).astype(np.float32)
+
+    def __len__(self):
+        return 64
+
+    def batch(self, idx, rng):
+        return {"x": self.x[idx], "y": self.y[idx]}
+
+
+def _worker(rank, world, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    cfg = TrainConfig(steps=5, batch_size=4, lr=0.05, warmup_steps=1, ckpt_every=100, log_every=1)
+    task = LinearTask()
+    train(task, ArrayData(), cfg, out / "linear", config={"train": cfg.__dict__}, quiet=True, log=lambda s: None)
+    torch.save(task.models["model"].state_dict(), out / f"linear_rank{rank}.pt")
+    tok = TrainConfig(**{**TRAIN.__dict__, "steps": 3, "batch_size": 4})
+    train_tokenizer(run_config(SMALL, tok, DATA, "test"), out / "tok", quiet=True)
+    import torch.distributed as dist
+    dist.destroy_process_group()
+
+
+def test_ddp_gloo_two_processes_match_one_process_with_the_global_batch(tmp_path):
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_worker, args=(2, port, tmp_path), nprocs=2, join=True)
+    a, b = (torch.load(tmp_path / f"linear_rank{r}.pt") for r in range(2))
+    for k in a:
+        assert torch.equal(a[k], b[k])  # ranks stay identical
+    cfg = TrainConfig(steps=5, batch_size=8, lr=0.05, warmup_steps=1, ckpt_every=100, log_every=1)
+    single = LinearTask()
+    train(single, ArrayData(), cfg, tmp_path / "single", config={}, quiet=True)
+    for k, v in single.models["model"].state_dict().items():
+        torch.testing.assert_close(a[k], v, rtol=1e-5, atol=1e-6)
+    st = torch.load(tmp_path / "tok" / "train_state.pt", weights_only=False)
+    assert st["world"] == 2 and st["step"] == 3 and len(st["rng"]) == 2
+    assert "disc" in st["models"]

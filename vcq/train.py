@@ -1,0 +1,432 @@
+"""One training loop for every vcq model (the tokenizer here, the AR model in :mod:`vcq.ar`).
+
+A model family plugs in through a :class:`Task`: its modules (``models``; each gets its own AdamW
+optimizer, e.g. a tokenizer and its discriminator) and a ``step(models, batch, step) -> (loss,
+metrics)``. The loop does everything else:
+
+- data order: a pure function of the step (:func:`batch_indices`): epoch ``e`` visits a seeded
+  permutation of the dataset (``np.random.default_rng([seed, e])``), cut into global batches of
+  ``batch_size × world_size`` (the ragged tail is dropped); rank r takes the r-th slice. Per-step
+  augmentation draws come from ``np.random.default_rng([seed, step, rank])``. So the data position
+  *is* the step and resuming replays the same batches.
+- AdamW with weight decay on weight matrices only (``ndim < 2`` — biases, norm gains — and the
+  names a task lists in ``no_decay`` are excluded); learning rate ``lr × lr_factor(step)``: linear
+  warmup over ``warmup_steps`` then linear decay to ``min_lr`` at ``steps`` (:func:`lr_at`).
+- optional gradient clipping (global norm per optimizer), bf16 autocast on CUDA, DDP under
+  ``torchrun`` (NCCL on GPUs, gloo on CPU), rank 0 alone writes files.
+- run directory: ``config.json`` (the resolved config), ``model.safetensors`` (the task's main
+  module, ``models["model"]``), ``train_state.pt`` (every module, optimizer states, RNG states of
+  every rank, step, world size), ``metrics.jsonl`` (one JSON object per logged step) and
+  ``preview_<step>.png``. Every file is written under a temporary name and renamed into place;
+  ``train_state.pt`` is complete on its own, so an interruption loses at most the steps since the
+  last checkpoint and ``resume=True`` continues bit-for-bit (same world size).
+
+Gradient contract for tasks with several modules: ``loss`` is the sum of every module's objective
+and the loop calls ``loss.backward()`` once, so each term must only reach its own module's
+parameters (e.g. the discriminator loss sees ``recon.detach()``; the generator's adversarial term
+goes through the discriminator with its parameters frozen, see :func:`frozen`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from entropy_cliff.errors import EntropyCliffError
+from entropy_cliff.io import atomic_path, write_json_atomic, write_text_atomic
+from vcq.presets import TrainConfig, to_dict
+
+MAIN = "model"
+STATE_FILE, WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE = "train_state.pt", "model.safetensors", "config.json", "metrics.jsonl"
+# settings that may change between a run and its resumption without changing the result
+RESUME_FREE = ("ckpt_every", "log_every", "preview_every")
+
+
+class TrainData(Protocol):
+    """What the loop needs from a dataset: its size and a batch of given positions.
+
+    ``batch`` returns a dict of numpy arrays (or tensors); the loop moves them to the device.
+    ``rng`` is the step's augmentation generator.
+    """
+
+    def __len__(self) -> int: ...
+
+    def batch(self, idx: np.ndarray, rng: np.random.Generator) -> dict[str, Any]: ...
+
+
+class Task:
+    """A model family's side of the training loop. Subclass and override ``step``.
+
+    ``models``: named modules, ``"model"`` first (the one exported to ``model.safetensors``);
+    every module with trainable parameters gets its own AdamW optimizer.
+    ``no_decay``: substrings of parameter names excluded from weight decay (besides ``ndim < 2``).
+    """
+
+    models: dict[str, nn.Module]
+    no_decay: tuple[str, ...] = ()
+
+    def lr_scale(self, name: str) -> float:
+        """Learning-rate multiplier of module ``name``'s optimizer."""
+        return 1.0
+
+    def step(self, models: dict[str, nn.Module], batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """One training step's total loss and scalar metrics. ``models`` are the (possibly
+        DDP-wrapped) modules to call for anything that must be gradient-synchronised."""
+        raise NotImplementedError
+
+    def after_step(self, step: int) -> dict[str, float]:
+        """Called on every rank after the optimizer step (e.g. dead-code restarts)."""
+        return {}
+
+    def log_metrics(self) -> dict[str, float]:
+        """Extra metrics at logging steps (rank 0), e.g. codebook usage."""
+        return {}
+
+    def preview(self, batch: dict[str, torch.Tensor]) -> np.ndarray | None:
+        """A uint8 (H, W, 3) picture for ``preview_<step>.png``, or None."""
+        return None
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class TrainResult:
+    step: int
+    metrics: dict[str, float]
+    steps_per_s: float
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (call before building models so every rank starts equal)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def init_distributed(device: str | None = None) -> DistInfo:
+    """Join the process group ``torchrun`` describes (RANK, WORLD_SIZE, LOCAL_RANK), if any.
+
+    Device: ``device`` when given, else ``cuda:LOCAL_RANK`` when CUDA is present, else CPU.
+    Backend: NCCL on CUDA, gloo on CPU.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        dev = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    else:
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise EntropyCliffError("--device cuda requested but no CUDA device is available")
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device(f"cuda:{local}")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return DistInfo(rank, world, local, dev)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate before optimizer step ``step`` (0-based): linear warmup from lr/warmup to lr,
+    then linear decay to ``min_lr`` at ``cfg.steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    frac = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.lr + (cfg.min_lr - cfg.lr) * frac
+
+
+def batch_indices(step: int, n: int, batch_size: int, world: int, rank: int, seed: int) -> np.ndarray:
+    """Dataset positions of rank ``rank``'s batch at ``step`` (see the module docstring)."""
+    per_epoch = n // (batch_size * world)
+    if per_epoch < 1:
+        raise EntropyCliffError(f"dataset of {n} items is smaller than one global batch ({batch_size} × {world})")
+    epoch, j = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    start = (j * world + rank) * batch_size
+    return perm[start : start + batch_size]
+
+
+def param_groups(model: nn.Module, weight_decay: float, no_decay: tuple[str, ...]) -> list[dict[str, Any]]:
+    """AdamW groups: decay on parameters with ndim >= 2 whose name has none of ``no_decay``."""
+    decay, keep = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (keep if p.ndim < 2 or any(s in name for s in no_decay) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily stop gradients into ``module``'s parameters (inputs still get gradients)."""
+    flags = [p.requires_grad for p in module.parameters()]
+    for p in module.parameters():
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, f in zip(module.parameters(), flags):
+            p.requires_grad_(f)
+
+
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when ``bf16``; full precision otherwise."""
+    if device.type == "cuda" and bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, np.ndarray):
+            v = torch.from_numpy(np.ascontiguousarray(v))
+        out[k] = v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+    return out
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        st["cuda"] = torch.cuda.get_rng_state(device)
+    return st
+
+
+def _set_rng_state(st: dict[str, Any], device: torch.device) -> None:
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    torch.set_rng_state(st["torch"])
+    if device.type == "cuda" and "cuda" in st:
+        torch.cuda.set_rng_state(st["cuda"], device)
+
+
+def _config_diff(saved: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = sorted(set(saved) | set(new))
+    out = []
+    for k in keys:
+        a, b = saved.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _config_diff(a, b, f"{prefix}{k}.")
+        elif a != b and k not in RESUME_FREE:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of a run directory."""
+    p = Path(run_dir) / CONFIG_FILE
+    if not p.is_file():
+        raise EntropyCliffError(f"{run_dir}: no {CONFIG_FILE} (not a run directory)")
+    try:
+        cfg = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise EntropyCliffError(f"{p}: unreadable config ({e})") from None
+    if not isinstance(cfg, dict):
+        raise EntropyCliffError(f"{p}: not a run config")
+    return cfg
+
+
+def check_run_dir(out_dir: str | Path, config: dict[str, Any], resume: bool) -> None:
+    """Refuse to start over an existing run, or to resume one with a different configuration."""
+    out = Path(out_dir)
+    if resume:
+        diff = _config_diff(read_config(out), config)
+        if diff:
+            raise EntropyCliffError(f"{out}: checkpoint config differs from this run ({'; '.join(diff[:3])})")
+    elif (out / STATE_FILE).exists():
+        raise EntropyCliffError(f"{out}: already holds a run (use --resume, or a new --out)")
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise EntropyCliffError(f"{path.parent}: no {STATE_FILE} to resume from")
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises many types for a damaged file
+        raise EntropyCliffError(f"{path}: corrupt training state ({type(e).__name__})") from None
+    if not isinstance(st, dict) or not {"step", "models", "optimizers", "rng", "world"} <= set(st):
+        raise EntropyCliffError(f"{path}: not a training state file")
+    return st
+
+
+def save_weights(path: Path, model: nn.Module, step: int) -> None:
+    """``model``'s state dict as safetensors, atomically (metadata: step)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"step": str(step)})
+
+
+def _save_png(path: Path, img: np.ndarray) -> None:
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(img).save(tmp, format="PNG")
+
+
+def train(
+    task: Task,
+    data: TrainData,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    config: dict[str, Any],
+    resume: bool = False,
+    stop_at: int | None = None,
+    quiet: bool = False,
+    device: str | None = None,
+    log: Callable[[str], None] | None = None,
+    preview_data: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train ``task`` on ``data`` for ``cfg.steps`` steps (or until ``stop_at``), writing ``out_dir``.
+
+    ``config`` is the full resolved configuration saved as ``config.json`` (its ``"train"`` entry
+    should be ``to_dict(cfg)``); with ``resume`` it must equal the saved one (up to
+    :data:`RESUME_FREE`) and training continues from ``train_state.pt``. ``preview_data``: a fixed
+    batch (as from ``data.batch``) for the PNG previews. Returns the final step and metrics.
+    """
+    info = init_distributed(device)
+    say = log if log is not None else (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr))
+    out = Path(out_dir)
+    state_path = out / STATE_FILE
+    if MAIN not in task.models:
+        raise EntropyCliffError(f"a task needs a module named {MAIN!r}")
+    check_run_dir(out, config, resume)
+    if resume:
+        saved = _load_state(state_path)
+        if saved["world"] != info.world:
+            raise EntropyCliffError(f"{out}: trained on {saved['world']} processes, resuming on {info.world} "
+                                    "would change the data order")
+    n = len(data)
+    batch_indices(0, n, cfg.batch_size, info.world, info.rank, cfg.seed)  # fails early if too small
+
+    raw = {k: m.to(info.device) for k, m in task.models.items()}
+    trainable = [k for k, m in raw.items() if any(p.requires_grad for p in m.parameters())]
+    opts = {
+        k: torch.optim.AdamW(param_groups(raw[k], cfg.weight_decay, task.no_decay), lr=cfg.lr * task.lr_scale(k),
+                             betas=(cfg.beta1, cfg.beta2))
+        for k in trainable
+    }
+    for k, o in opts.items():
+        for g in o.param_groups:
+            g["base_lr"] = cfg.lr * task.lr_scale(k)
+    step = 0
+    if resume:
+        for k, m in raw.items():
+            m.load_state_dict(saved["models"][k])
+        for k, o in opts.items():
+            o.load_state_dict(saved["optimizers"][k])
+        step = int(saved["step"])
+        _set_rng_state(saved["rng"][info.rank], info.device)
+        if info.main:
+            _truncate_metrics(out / METRICS_FILE, step)
+    elif info.main:
+        write_json_atomic(out / CONFIG_FILE, config)
+    models: dict[str, nn.Module] = dict(raw)
+    if info.world > 1:
+        models = {k: nn.parallel.DistributedDataParallel(m, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+                  if k in trainable else m for k, m in raw.items()}
+    end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
+    preview = _to_device(preview_data, info.device) if preview_data is not None else None
+
+    def checkpoint() -> None:
+        rngs = [None] * info.world
+        if info.world > 1:
+            dist.all_gather_object(rngs, _rng_state(info.device))
+        else:
+            rngs = [_rng_state(info.device)]
+        if info.main:
+            st = {"step": step, "world": info.world, "models": {k: m.state_dict() for k, m in raw.items()},
+                  "optimizers": {k: o.state_dict() for k, o in opts.items()}, "rng": rngs,
+                  "train": to_dict(cfg)}
+            with atomic_path(state_path) as tmp:
+                torch.save(st, tmp)
+            save_weights(out / WEIGHTS_FILE, raw[MAIN], step)
+        if info.world > 1:
+            dist.barrier()
+
+    for m in raw.values():
+        m.train()
+    bar = _progress(cfg.steps, step, quiet or not info.main)
+    metrics: dict[str, float] = {}
+    t0, s0, rate = time.perf_counter(), step, float("nan")
+    with open(out / METRICS_FILE, "a") if info.main else contextlib.nullcontext() as mfile:
+        while step < end:
+            idx = batch_indices(step, n, cfg.batch_size, info.world, info.rank, cfg.seed)
+            batch = _to_device(data.batch(idx, np.random.default_rng([cfg.seed, step, info.rank])), info.device)
+            lr_f = lr_at(step, cfg) / cfg.lr
+            for o in opts.values():
+                for g in o.param_groups:
+                    g["lr"] = g["base_lr"] * lr_f
+                o.zero_grad(set_to_none=True)
+            with autocast(info.device, cfg.bf16):
+                loss, metrics = task.step(models, batch, step)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise EntropyCliffError(f"loss became {loss_value} at step {step}; lower the learning rate")
+            loss.backward()
+            for k, o in opts.items():
+                if cfg.grad_clip:
+                    metrics[f"grad_norm_{k}"] = float(nn.utils.clip_grad_norm_(raw[k].parameters(), cfg.grad_clip))
+                o.step()
+            metrics.update(task.after_step(step))
+            step += 1
+            bar.update(1)
+            if info.main and (step % cfg.log_every == 0 or step == end):
+                rate = (step - s0) / max(time.perf_counter() - t0, 1e-9)
+                row = {"step": step, "lr": lr_at(step - 1, cfg), "loss": loss_value, **metrics,
+                       **task.log_metrics(), "steps_per_s": rate}
+                mfile.write(json.dumps(row) + "\n")
+                mfile.flush()
+                bar.set_postfix(loss=f"{loss_value:.4f}")
+            if step % cfg.ckpt_every == 0 or step == end:
+                checkpoint()
+            if info.main and preview is not None and (step % cfg.preview_every == 0 or step == end):
+                img = task.preview(preview)
+                if img is not None:
+                    _save_png(out / f"preview_{step:07d}.png", img)
+    bar.close()
+    if info.main and step == cfg.steps:
+        say(f"trained {step} steps -> {out}")
+    return TrainResult(step, {"loss": loss_value, **metrics} if s0 < end else {}, rate)
+
+
+def _progress(total: int, initial: int, disable: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=disable or not sys.stderr.isatty(), file=sys.stderr,
+                unit="step", dynamic_ncols=True)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric rows logged after the checkpoint being resumed (they will be logged again)."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    write_text_atomic(path, "".join(ln + "\n" for ln in keep))
