@@ -295,12 +295,29 @@ def _demo_path(name: str) -> Path:
     return p
 
 
+def _import_measure():
+    """Import the Numba kernels without Numba's BLAS probe.
+
+    On its first kernel load Numba imports ``scipy.linalg.cython_blas`` (about 0.3 s) only to learn
+    whether ``np.dot`` may call BLAS; our kernels call no BLAS. Inside this command's own process we
+    hide that module while Numba looks for it, so it records "no BLAS" for this process only.
+    """
+    if "numba.np.arraymath" not in sys.modules and "scipy.linalg.cython_blas" not in sys.modules:
+        sys.modules["scipy.linalg.cython_blas"] = None  # type: ignore[assignment]
+        try:
+            import numba.np.arraymath  # noqa: F401
+        finally:
+            del sys.modules["scipy.linalg.cython_blas"]
+    from entropy_cliff.measure import measure
+    return measure
+
+
 def _load_measurement(path: Path, key: str | None, sched_flags: tuple, uniform_K: int | None,
                       bootstrap: int, confidence: float, seed: int, quiet: bool) -> dict[str, Any]:
     """Load a corpus, resolve its K_t (flags > sidecar > inferred) and measure it."""
     from entropy_cliff.io import load_tokens, read_sidecar
-    from entropy_cliff.measure import measure
 
+    measure = _import_measure()
     X = load_tokens(path, key)
     N, L = X.shape
     sched = _schedule(*sched_flags[:2], sched_flags[2], L, *sched_flags[3:])
@@ -482,8 +499,9 @@ def compare(tokens, demo, labels, key, kind, kmin, kmax, power, schedule_file, K
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="token dump to write (.npy, with a .meta.json sidecar).")
 @click.option("--gpu/--cpu", "use_gpu", default=None, help="force the FAISS GPU or CPU index (default: GPU when available).")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU search threads (default: FAISS's; 1 is best on a busy machine).")
 @format_option
-def assign(features, codebook, kind, kmin, kmax, power, schedule_file, out, use_gpu, fmt):
+def assign(features, codebook, kind, kmin, kmax, power, schedule_file, out, use_gpu, threads, fmt):
     """Nearest-codebook tokens with nested codebooks: position t searches the first K_t codes.
 
     FEATURES is (N, L, d) float, CODEBOOK is (K_max, d). Writes an (N, L) token dump and its sidecar.
@@ -491,16 +509,18 @@ def assign(features, codebook, kind, kmin, kmax, power, schedule_file, out, use_
     \b
     entropy-cliff assign features.npy codebook.npy --schedule cosine --kmin 2 --kmax 1024 -o tokens.npy
     """
-    from entropy_cliff.assign import load_assign_inputs, nested_assign
-    from entropy_cliff.io import save_tokens
+    from entropy_cliff.assign import nested_assign
+    from entropy_cliff.io import load_array, save_tokens
 
-    feats, cb = load_assign_inputs(features, codebook)
+    feats, cb = load_array(features), load_array(codebook)
+    if feats.ndim != 3 or cb.ndim != 2:
+        raise EntropyCliffError(f"expected features (N, L, d) and codebook (K_max, d), got {feats.shape} and {cb.shape}")
     sched = _schedule(kind, kmin, kmax if kmax is not None else cb.shape[0], feats.shape[1], power, schedule_file)
     if sched is None:
         raise EntropyCliffError("give --schedule KIND (with --kmax, default: the codebook size) or --schedule-file")
     if sched.kmax > cb.shape[0]:
         raise EntropyCliffError(f"K_max = {sched.kmax} exceeds the codebook's {cb.shape[0]} entries")
-    tokens = nested_assign(feats, cb, sched.K, use_gpu=use_gpu)
+    tokens = nested_assign(feats, cb, sched.K, use_gpu=use_gpu, threads=threads)
     save_tokens(out, tokens, sched.K, sched.to_dict(), source={"features": str(features), "codebook": str(codebook)})
     info = {"out": str(out), "N": tokens.shape[0], "L": tokens.shape[1], "schedule": sched.to_dict(), "K": sched.K}
     _emit(fmt, info, [{"t": t + 1, "K": int(k)} for t, k in enumerate(sched.K)],

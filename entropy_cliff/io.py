@@ -71,12 +71,10 @@ def _as_integer_corpus(arr: np.ndarray, name: str) -> np.ndarray:
     raise EntropyCliffError(f"{name}: tokens must be integers, got dtype {arr.dtype}")
 
 
-def load_tokens(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
-    """Open an ``(N, L)`` integer corpus from ``.npy`` (memory-mapped) or ``.npz`` (``key``).
+def load_array(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
+    """Open an array from ``.npy`` (memory-mapped, never copied) or ``.npz`` (``key``).
 
-    Raises :class:`EntropyCliffError` for a missing, truncated or non-array file, a wrong rank, an
-    empty corpus, N < 2 or a non-integer dtype. Value checks (negative tokens, tokens >= K_t) need
-    a pass over the data and are done by :func:`entropy_cliff.measure.measure`.
+    Raises :class:`EntropyCliffError` for a missing, truncated, pickled or non-NumPy file.
     """
     p = Path(path)
     if not p.exists():
@@ -104,14 +102,24 @@ def load_tokens(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
         raise
     except ValueError as e:
         msg = str(e)
-        if "allow_pickle" in msg or "pickle" in msg.lower():
-            raise EntropyCliffError(f"{p}: holds Python objects, not an integer array") from None
+        if "pickle" in msg.lower():
+            raise EntropyCliffError(f"{p}: holds Python objects, not a numeric array") from None
         raise EntropyCliffError(f"{p}: not a readable .npy/.npz array ({msg.splitlines()[0]})") from None
     except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise EntropyCliffError(f"{p}: not a readable .npy/.npz array ({e})") from None
     if not isinstance(arr, np.ndarray):
         raise EntropyCliffError(f"{p}: not a .npy/.npz array")
-    return _as_integer_corpus(arr, str(p))
+    return arr
+
+
+def load_tokens(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
+    """Open an ``(N, L)`` integer corpus with :func:`load_array` and check it.
+
+    Raises :class:`EntropyCliffError` for an unreadable file, a wrong rank, an empty corpus, N < 2
+    or a non-integer dtype. Value checks (negative tokens, tokens >= K_t) need a pass over the data
+    and are done by :func:`entropy_cliff.measure.measure`.
+    """
+    return _as_integer_corpus(load_array(path, key), str(path))
 
 
 def read_sidecar(tokens_path: str | os.PathLike) -> dict[str, Any] | None:

@@ -178,3 +178,22 @@ def test_sidecar_k_violation(capsys, tmp_path):
     (tmp_path / "t.meta.json").write_text(json.dumps(meta))
     code, _, err = run(capsys, "measure", p)
     assert code == 2 and "position 2" in err
+
+
+def test_assign_writes_a_dump_that_measure_reads(capsys, tmp_path):
+    from entropy_cliff.assign import brute_force_assign
+
+    rng = np.random.default_rng(1)
+    feats, code = rng.normal(size=(60, 5, 3)).astype(np.float32), rng.normal(size=(32, 3)).astype(np.float32)
+    np.save(tmp_path / "f.npy", feats)
+    np.save(tmp_path / "c.npy", code)
+    code_, _, err = run(capsys, "assign", tmp_path / "f.npy", tmp_path / "c.npy", "--schedule", "linear",
+                        "--kmin", "2", "--threads", "1", "-o", tmp_path / "tok.npy")
+    assert code_ == 0, err
+    s = Schedule("linear", 2, 32, 5)
+    np.testing.assert_array_equal(np.load(tmp_path / "tok.npy"), brute_force_assign(feats, code, s.K))
+    d = run_json(capsys, "measure", tmp_path / "tok.npy")
+    assert [p["K"] for p in d["positions"]] == list(s.K)
+    code_, _, err = run(capsys, "assign", tmp_path / "f.npy", tmp_path / "f.npy", "--schedule", "cosine", "-o",
+                        tmp_path / "bad.npy")
+    assert code_ == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "bad.npy").exists()
