@@ -1,0 +1,186 @@
+"""vcq.evaluate: metrics against closed forms and brute-force references."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from entropy_cliff.errors import EntropyCliffError
+from vcq.evaluate import (ClassifierSpec, DatasetClassifier, fid, frechet_distance, generation_metrics,
+                          inception_score, linear_probe, longest_training_prefix, memorization,
+                          precision_recall, psnr, token_features)
+
+
+def test_psnr_of_a_known_error():
+    a = np.zeros((2, 4, 4, 3), np.uint8)
+    b = a.copy()
+    b[0] += 1  # MSE 1
+    b[1, 0, 0, 0] = 48  # MSE 48^2 / 48 = 48
+    np.testing.assert_allclose(psnr(a, b), [20 * math.log10(255), 10 * math.log10(255**2 / 48)])
+    assert psnr(a, a)[0] == np.inf
+
+
+def test_fid_of_a_set_against_itself_is_zero():
+    f = np.random.default_rng(0).normal(size=(500, 16)) @ np.random.default_rng(1).normal(size=(16, 16))
+    assert fid(f, f) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_frechet_distance_closed_form_for_diagonal_gaussians():
+    rng = np.random.default_rng(0)
+    mu_a, mu_b = rng.normal(size=5), rng.normal(size=5)
+    va, vb = rng.uniform(0.5, 2, 5), rng.uniform(0.5, 2, 5)
+    expected = np.sum((mu_a - mu_b) ** 2) + np.sum((np.sqrt(va) - np.sqrt(vb)) ** 2)
+    assert frechet_distance(mu_a, np.diag(va), mu_b, np.diag(vb)) == pytest.approx(expected, rel=1e-9)
+
+
+def test_fid_from_samples_approaches_the_population_value():
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 1, size=(20000, 3))
+    b = rng.normal(1, 2, size=(20000, 3))
+    assert fid(a, b) == pytest.approx(3 * (1 + 1), rel=0.03)  # 3 * (dmu^2 + (1 - 2)^2)
+
+
+def brute_precision_recall(real, fake, k):
+    def radii(x):
+        d = np.linalg.norm(x[:, None] - x[None], axis=-1)
+        return np.sort(d, axis=1)[:, k]
+
+    rr, fr = radii(real), radii(fake)
+    d = np.linalg.norm(fake[:, None] - real[None], axis=-1)
+    precision = np.mean([(d[j] <= rr).any() for j in range(len(fake))])
+    recall = np.mean([(d[:, i] <= fr).any() for i in range(len(real))])
+    return precision, recall
+
+
+@pytest.mark.parametrize("shift", [0.0, 1.0, 3.0])
+def test_precision_recall_matches_brute_force(shift):
+    rng = np.random.default_rng(int(shift * 10))
+    real = rng.normal(size=(60, 4))
+    fake = rng.normal(size=(50, 4)) * 0.5 + shift
+    assert precision_recall(real, fake, 3) == pytest.approx(brute_precision_recall(real, fake, 3))
+
+
+def test_precision_recall_end_points():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(100, 3))
+    assert precision_recall(real, real) == (1.0, 1.0)
+    assert precision_recall(real, real + 100.0) == (0.0, 0.0)
+    with pytest.raises(EntropyCliffError, match="more than 3"):
+        precision_recall(real[:3], real)
+
+
+def test_inception_score_end_points():
+    one_hot = np.eye(10)[np.arange(1000) % 10]
+    assert inception_score(one_hot)[0] == pytest.approx(10.0)
+    assert inception_score(np.full((50, 10), 0.1))[0] == pytest.approx(1.0)
+    mean, std = inception_score(one_hot, splits=10)
+    assert mean == pytest.approx(10.0) and std == pytest.approx(0.0, abs=1e-9)
+
+
+def test_token_features_one_hot_blocks_and_codebook_vectors():
+    tokens = np.array([[1, 0, 4], [0, 2, 3]])
+    K = [2, 3, 5]
+    oh = token_features(tokens, K, 3).toarray()
+    assert oh.shape == (2, 10)
+    assert np.flatnonzero(oh[0]).tolist() == [1, 2, 5 + 4] and np.flatnonzero(oh[1]).tolist() == [0, 4, 8]
+    assert token_features(tokens, K, 1).shape == (2, 2)
+    codebook = np.arange(10.0).reshape(5, 2)
+    np.testing.assert_array_equal(token_features(tokens, K, 2, codebook), [[2, 3, 0, 1], [0, 1, 4, 5]])
+
+
+def test_linear_probe_reads_the_label_from_the_right_position():
+    rng = np.random.default_rng(0)
+    n = 600
+    y = rng.integers(0, 8, n)
+    tokens = np.column_stack([y, rng.integers(0, 8, (n, 3))])  # position 1 is the label, the rest noise
+    K = [8, 8, 8, 8]
+    tr, te = slice(0, 400), slice(400, n)
+    first = linear_probe(token_features(tokens[tr], K, 1), y[tr], token_features(tokens[te], K, 1), y[te])
+    assert first == {"top1": 1.0, "top5": 1.0, "converged": True}
+    noise = linear_probe(token_features(tokens[tr, 1:], K[1:], 3), y[tr], token_features(tokens[te, 1:], K[1:], 3), y[te])
+    assert noise["top1"] < 0.3  # chance is 1/8
+    assert 0.45 < noise["top5"] < 0.85  # chance is 5/8
+
+
+def test_memorization_on_a_constructed_case():
+    train = np.array([[1, 2, 3, 4], [1, 2, 5, 6], [7, 7, 7, 7], [0, 0, 0, 1]])
+    gen = np.array([[1, 2, 3, 4],   # exact copy: m = 4
+                    [1, 2, 5, 0],   # m = 3
+                    [1, 9, 9, 9],   # m = 1
+                    [2, 0, 0, 0],   # m = 0
+                    [0, 0, 0, 0]])  # m = 3
+    assert longest_training_prefix(gen, train).tolist() == [4, 3, 1, 0, 3]
+    m = memorization(gen, train)
+    assert m["prefix_share"] == [4 / 5, 3 / 5, 3 / 5, 1 / 5]
+    assert m["exact_copy"] == 1 / 5
+    assert m["mean_prefix"] == pytest.approx(11 / 5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(train=arrays(np.uint8, st.tuples(st.integers(1, 40), st.just(5)), elements=st.integers(0, 2)),
+       gen=arrays(np.uint8, st.tuples(st.integers(1, 30), st.just(5)), elements=st.integers(0, 2)))
+def test_longest_training_prefix_matches_brute_force(train, gen):
+    expected = [max(next((i for i in range(5) if g[i] != r[i]), 5) for r in train) for g in gen]
+    assert longest_training_prefix(gen, train).tolist() == expected
+
+
+def test_memorization_rejects_mismatched_lengths():
+    with pytest.raises(EntropyCliffError, match="share L"):
+        memorization(np.zeros((2, 3)), np.zeros((2, 4)))
+
+
+def toy_images(n, rng):
+    """Class 0: horizontal stripes, class 1: vertical stripes, class 2: flat grey (plus noise)."""
+    y = rng.integers(0, 3, n)
+    stripes = np.where(np.arange(16) % 4 < 2, 60.0, 200.0)
+    patterns = np.stack([np.repeat(stripes[:, None], 16, 1), np.repeat(stripes[None, :], 16, 0),
+                         np.full((16, 16), 130.0)])
+    x = patterns[y][..., None] + rng.normal(0, 20, (n, 16, 16, 3))
+    return np.clip(x, 0, 255).astype(np.uint8), y
+
+
+def test_dataset_classifier_learns_caches_and_gives_dfid(tmp_path):
+    rng = np.random.default_rng(0)
+    xtr, ytr = toy_images(600, rng)
+    xva, yva = toy_images(200, rng)
+    spec = ClassifierSpec(dataset={"name": "toy"}, channels=3, num_classes=3, steps=60, batch_size=32)
+    clf = DatasetClassifier.load_or_train(spec, xtr, ytr, xva, yva, tmp_path)
+    assert clf.info["val_accuracy"] > 0.9
+    again = DatasetClassifier.load_or_train(spec, xtr[:0], ytr[:0], xva, yva, tmp_path)  # from the cache
+    np.testing.assert_array_equal(again(xva)[0], clf(xva)[0])
+    same = generation_metrics(clf, xva, xva)
+    assert set(same) == {"dFID", "precision", "recall", "dIS"}
+    assert same["dFID"] == pytest.approx(0, abs=1e-6) and same["precision"] == 1.0
+    only_class0 = generation_metrics(clf, xva, xva[yva == 0])
+    assert only_class0["dFID"] > 1.0 and only_class0["recall"] < 0.6
+    assert same["dIS"] > only_class0["dIS"]
+
+
+def test_fid_inception_has_the_reference_layout_and_loads_its_own_state_dict(tmp_path):
+    import torch
+
+    from vcq.evaluate import InceptionExtractor
+    from vcq.fid_inception import FIDInceptionV3
+
+    net = FIDInceptionV3()
+    state = net.state_dict()
+    # torchvision Inception3 names, 1008 classes, no auxiliary head (the pt_inception file's layout)
+    assert state["Conv2d_1a_3x3.conv.weight"].shape == (32, 3, 3, 3)
+    assert state["Mixed_6e.branch7x7dbl_5.conv.weight"].shape == (192, 192, 1, 7)
+    assert state["Mixed_7c.branch3x3dbl_3b.bn.running_var"].shape == (384,)
+    assert state["fc.weight"].shape == (1008, 2048) and not any(k.startswith("AuxLogits") for k in state)
+    n_params = sum(p.numel() for p in net.parameters())
+    # torchvision's inception_v3: 27,161,264 parameters, of which the auxiliary head holds
+    # 128*768 + 2*128 + 768*128*25 + 2*768 + 768*1000 + 1000 = 3,326,696; 1008 classes add 8*2049
+    assert n_params == 27_161_264 - 3_326_696 + 8 * 2049
+    torch.save({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, tmp_path / "pt.pth")
+    ext = InceptionExtractor(tmp_path / "pt.pth")
+    feats, probs = ext(np.random.default_rng(0).integers(0, 256, (2, 20, 20, 1), dtype=np.uint8))
+    assert feats.shape == (2, 2048) and probs.shape == (2, 1008)
+    np.testing.assert_allclose(probs.sum(1), 1.0)
+    torch.save({"fc.weight": state["fc.weight"]}, tmp_path / "bad.pth")
+    with pytest.raises(EntropyCliffError, match="not FID Inception-v3 weights"):
+        InceptionExtractor(tmp_path / "bad.pth")

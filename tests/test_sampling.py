@@ -1,0 +1,143 @@
+"""vcq.sampling: guidance_scales against SPEC §5, KV cache vs recompute, tokens < K_t, filters."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from entropy_cliff.errors import EntropyCliffError
+from entropy_cliff.schedules import Schedule
+from vcq.ar import ARTransformer
+from vcq.presets import SAMPLING_PRESETS, ARConfig, SamplingConfig
+from vcq.sampling import capacity_ratio, filter_logits, guidance_scales, sample
+
+K_COS = Schedule("cosine", 2, 16384, 256).K
+
+
+def test_pow_cosine_ramp_matches_the_formula_position_by_position():
+    w, p, L = 4.0, 1.5, 256
+    s = guidance_scales(np.full(L, 1024), w, "cosine", p)
+    for t in (1, 2, 100, 256):
+        assert s[t - 1] == pytest.approx(1 + (w - 1) * (1 - math.cos(math.pi * ((t - 1) / L) ** p)) / 2)
+    assert s[0] == 1.0  # the ramp starts without guidance
+
+
+def test_power_zero_gives_constant_w_and_none_gives_one():
+    np.testing.assert_allclose(guidance_scales(K_COS, 7.0, "cosine", 0.0), 7.0)
+    np.testing.assert_allclose(guidance_scales(K_COS, 7.0, "constant"), 7.0)
+    np.testing.assert_array_equal(guidance_scales(K_COS, 7.0, "none", codebook_aware=True), 1.0)
+    lin = guidance_scales(np.full(4, 8), 5.0, "linear")
+    np.testing.assert_allclose(lin, [1.0, 2.0, 3.0, 4.0])
+
+
+def test_codebook_aware_end_points():
+    base = guidance_scales(K_COS, 10.0, "cosine", 1.5)
+    aware = guidance_scales(K_COS, 10.0, "cosine", 1.5, codebook_aware=True)
+    assert K_COS[0] == 2 and aware[0] == 1.0  # K_t = K_min -> no guidance
+    at_max = K_COS == K_COS.max()
+    np.testing.assert_allclose(aware[at_max], base[at_max])  # K_t = K_max -> base schedule
+    assert np.all((aware - 1) <= (base - 1) + 1e-12) and np.all(aware >= 1)
+    const = guidance_scales(K_COS, 3.0, "constant", codebook_aware=True)
+    t = 100
+    r = (math.log2(K_COS[t]) - 1) / (14 - 1)
+    assert const[t] == pytest.approx(1 + r * 2.0)
+
+
+@settings(max_examples=50, deadline=None)
+@given(k=st.integers(1, 1 << 16), L=st.integers(1, 300), w=st.floats(0, 50),
+       p=st.floats(0, 4), sched=st.sampled_from(["none", "constant", "linear", "cosine"]),
+       ratio=st.sampled_from(["log", "linear"]))
+def test_uniform_codebook_gives_standard_cfg_exactly(k, L, w, p, sched, ratio):
+    kt = np.full(L, k)
+    np.testing.assert_array_equal(guidance_scales(kt, w, sched, p, True, ratio), guidance_scales(kt, w, sched, p))
+
+
+def test_linear_ratio_option():
+    kt = np.array([2, 5, 8])
+    np.testing.assert_allclose(capacity_ratio(kt, "linear"), [0.0, 0.5, 1.0])
+    np.testing.assert_allclose(capacity_ratio(kt, "log"), [0.0, (math.log2(5) - 1) / 2, 1.0])
+
+
+@pytest.mark.parametrize("bad", [dict(scale=-0.5), dict(scale=float("nan")), dict(schedule="cos"),
+                                 dict(power=-1.0)])
+def test_bad_guidance_arguments(bad):
+    args = dict(k_t=K_COS, scale=2.0, schedule="cosine", power=1.0) | bad
+    with pytest.raises(EntropyCliffError):
+        guidance_scales(**args)
+
+
+def tiny_model(K=(2, 3, 5, 8, 8, 13, 16, 16), num_classes=3, seed=0):
+    torch.manual_seed(seed)
+    return ARTransformer(ARConfig(dim=32, depth=2, heads=4, ffn_multiple_of=16, num_classes=num_classes, K=K)).eval()
+
+
+CONFIGS = [SamplingConfig(), SamplingConfig(temperature=0.7, top_k=3),
+           SamplingConfig(top_p=0.6, scale=4.0, schedule="cosine", power=1.5, codebook_aware=True),
+           SamplingConfig(scale=2.0, schedule="constant")]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_kv_cache_sampling_equals_full_recompute(cfg):
+    model = tiny_model()
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    a = sample(model, labels, cfg, seed=5, use_cache=True)
+    b = sample(model, labels, cfg, seed=5, use_cache=False)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, sample(model, labels, cfg, seed=6))
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_sampled_tokens_are_always_below_K_t(cfg):
+    # a head biased hard towards the largest index tempts the sampler past K_t
+    model = tiny_model()
+    with torch.no_grad():
+        model.head.weight[-1] += 5.0
+    toks = sample(model, np.arange(3).repeat(40), cfg, seed=1)
+    assert toks.shape == (120, 8)
+    assert torch.all(toks < model.K) and torch.all(toks >= 0)
+    # every valid code at the last positions is reachable in 120 draws with temperature 1
+    if cfg == SamplingConfig():
+        assert set(toks[:, 0].tolist()) == {0, 1}
+
+
+def test_sampling_frequencies_follow_the_model_distribution():
+    model = tiny_model(K=(5, 5), num_classes=1)
+    labels = np.zeros(4000, dtype=int)
+    toks = sample(model, labels, SamplingConfig(temperature=1.0), seed=0)
+    with torch.no_grad():
+        p = torch.softmax(model(torch.zeros(1, 0, dtype=torch.long), torch.tensor([0]))[0, 0], -1).numpy()
+    freq = np.bincount(toks[:, 0].numpy(), minlength=5) / len(labels)
+    np.testing.assert_allclose(freq, p, atol=0.03)
+
+
+def test_filters_keep_top_k_and_the_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isfinite(filter_logits(logits, top_k=2)).tolist() == [[True, True, False, False]]
+    assert torch.isfinite(filter_logits(logits, top_p=0.7)).tolist() == [[True, True, False, False]]
+    assert torch.isfinite(filter_logits(logits, top_p=0.5)).tolist() == [[True, False, False, False]]
+    assert torch.isfinite(filter_logits(logits, top_p=1.0)).all()
+
+
+@pytest.mark.parametrize("bad,msg", [(dict(top_p=0.0), "top-p"), (dict(top_p=1.5), "top-p"),
+                                     (dict(scale=-1.0), "scale"), (dict(temperature=0.0), "temperature")])
+def test_bad_sampling_settings(bad, msg):
+    with pytest.raises(EntropyCliffError, match=msg):
+        sample(tiny_model(), np.array([0]), SamplingConfig(**bad))
+
+
+def test_out_of_range_class_ids():
+    with pytest.raises(EntropyCliffError, match="class ids"):
+        sample(tiny_model(num_classes=3), np.array([0, 3]))
+
+
+def test_table7_presets():
+    assert SAMPLING_PRESETS["vcq-L-XL"] == SamplingConfig(1.0, 3, "cosine", 1.0, True)
+    assert SAMPLING_PRESETS["vcq-cosine-nocfg"].temperature == 0.85
+    assert np.all(guidance_scales(K_COS, **_g(SAMPLING_PRESETS["vcq-B-L-nocfg"])) == 1.0)
+
+
+def _g(cfg):
+    return dict(scale=cfg.scale, schedule=cfg.schedule, power=cfg.power, codebook_aware=cfg.codebook_aware)
