@@ -157,7 +157,7 @@ def test_cli_bad_sampling_input(cli_run, args, msg):
     d, _, _ = cli_run
     res = run_cli(*args[:1], "--ckpt", d / "run", "--out", d / "bad", *args[1:])
     lines = res.output.strip().splitlines()
-    assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0]
+    assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("vcq: error: ") and msg in lines[0]
     assert not (d / "bad").exists()
 
 

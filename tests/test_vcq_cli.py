@@ -38,7 +38,7 @@ def run(tmp_path_factory):
 def _one_line_error(r):
     assert r.exit_code == 2, r.output
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.output, r.output
+    assert len(lines) == 1 and lines[0].startswith("vcq: error: ") and "Traceback" not in r.output, r.output
     return lines[0]
 
 

@@ -30,10 +30,10 @@ class Group(click.Group):
             click.echo("aborted", err=True)
             sys.exit(1)
         except click.ClickException as e:
-            click.echo(f"error: {e.format_message()}", err=True)
+            click.echo(f"vcq: error: {e.format_message()}", err=True)
             sys.exit(2)
         except EntropyCliffError as e:
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"vcq: error: {e}", err=True)
             sys.exit(2)
         sys.exit(rv if isinstance(rv, int) else 0)
 
