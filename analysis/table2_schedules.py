@@ -34,7 +34,7 @@ def measured_row(path: Path) -> dict:
     return {"schedule": label, "source": f"measured: {path} (N={m.N:,})", "K_min": int(m.K.min()),
             "K_max": int(m.K.max()), "mean_K": round(float(m.K.mean()), 1), "bpp": None,
             "t_star_theory": theory.t_star(m.N, m.K), "t_star_budget": m.t_star_budget(),
-            "t_star_threshold": m.t_star_threshold()}
+            "t_star_threshold": m.t_star_threshold(), "t_star_sustained": m.t_star_sustained()}
 
 
 if __name__ == "__main__":
