@@ -155,7 +155,7 @@ def memorization_figure(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from entropy_cliff.io import atomic_path
+    from entropy_cliff.plots import save_figure
 
     n_full = results["cosine"]["unguided"]["memorization"]["training_rows"]
     n_small = results["settings"]["small_n"]
@@ -174,8 +174,7 @@ def memorization_figure(results: dict, path: Path) -> None:
     axes[0].set_ylabel("share with a training prefix")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=150, format="png")
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -186,7 +185,7 @@ def nll_figure(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from entropy_cliff.io import atomic_path
+    from entropy_cliff.plots import save_figure
 
     fig, axes = plt.subplots(1, len(KINDS), figsize=(10, 3.4), sharey=True)
     for ax, kind in zip(axes, KINDS):
@@ -200,8 +199,7 @@ def nll_figure(results: dict, path: Path) -> None:
     axes[0].set_ylabel("bits")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=150, format="png")
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -213,7 +211,7 @@ def figure(args: argparse.Namespace, val, path: Path) -> None:
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    from entropy_cliff.io import atomic_path
+    from entropy_cliff.plots import save_figure
     from vcq.evaluate import image_grid
 
     labels, classes = val.label_array(), len(val.class_names)
@@ -231,8 +229,7 @@ def figure(args: argparse.Namespace, val, path: Path) -> None:
         ax.set_title(title, fontsize=8)
         ax.axis("off")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=150, format="png")
+    save_figure(fig, path)
     plt.close(fig)
 
 

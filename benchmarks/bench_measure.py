@@ -29,7 +29,6 @@ import math
 import os
 import resource
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -183,7 +182,7 @@ def bench_case(label: str, path: Path, repeat: int, command_line: str) -> None:
     last = int(np.flatnonzero(m.H_cond > 0)[-1]) + 1 if (m.H_cond > 0).any() else 0
     print(f"  baseline polars group_by (H_t only):        {t_base:8.3f} s")
     print(f"  prefix_entropy (H_t only, same work):       {t_cond:8.3f} s   {t_base / t_cond:6.1f} x faster")
-    print(f"  measure (all fields: + value checks and")
+    print("  measure (all fields: + value checks and")
     print(f"           marginals, a pass over all tokens): {t_ours:8.3f} s   {t_base / t_ours:6.1f} x faster")
     print(f"  max |H_t(ours) - H_t(baseline)|:            {err:.2e} bits  (last t with H_t > 0: {last})")
     print(f"  {command_line}")

@@ -13,7 +13,8 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import click
 import numpy as np
@@ -529,21 +530,26 @@ def assign(features, codebook, kind, kmin, kmax, power, schedule_file, out, use_
 
 # ---------------------------------------------------------------------------- entry point
 
-def main(argv: list[str] | None = None) -> None:
-    """Console entry point: usage errors and bad input become one stderr line and exit status 2."""
+def run_one_line_errors(prog: str, invoke: Callable[[], Any]) -> NoReturn:
+    """Run a click entry point; usage errors and bad input become one stderr line and exit 2."""
     try:
-        cli.main(args=argv, prog_name=PROG, standalone_mode=False)
+        rv = invoke()
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
-        click.echo(f"{PROG}: aborted", err=True)
+        click.echo(f"{prog}: aborted", err=True)
         sys.exit(1)
     except click.ClickException as e:
-        click.echo(f"{PROG}: error: {e.format_message()}", err=True)
+        click.echo(f"{prog}: error: {e.format_message()}", err=True)
         sys.exit(2)
     except EntropyCliffError as e:
-        click.echo(f"{PROG}: error: {e}", err=True)
+        click.echo(f"{prog}: error: {e}", err=True)
         sys.exit(2)
     except BrokenPipeError:
         sys.exit(0)
-    sys.exit(0)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Console entry point ``entropy-cliff``."""
+    run_one_line_errors(PROG, lambda: cli.main(args=argv, prog_name=PROG, standalone_mode=False))

@@ -24,15 +24,6 @@ TRAIN = TrainConfig(steps=6, batch_size=8, lr=3e-3, min_lr=1e-4, warmup_steps=2,
 DATA = DataSpec("shapes", n=48)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Single-threaded torch: faster on a shared 2-core machine, and the same numbers every run."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_lr_warmup_then_linear_decay():
     cfg = TrainConfig(steps=110, lr=1.0, min_lr=0.1, warmup_steps=10)
     assert lr_at(0, cfg) == pytest.approx(0.1)

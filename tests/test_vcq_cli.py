@@ -16,14 +16,6 @@ SMALL = ["--image-size", "8", "--patch-size", "4", "--num-latent", "6", "--code-
          "--batch-size", "8", "--log-every", "2", "--data", "shapes", "--n", "60", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """One trained run directory shared by the tests below (cosine, K = 2..32)."""

@@ -8,12 +8,12 @@ are one line on stderr and exit status 2.
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
+from entropy_cliff.cli import run_one_line_errors
 from entropy_cliff.errors import EntropyCliffError
 from entropy_cliff.schedules import KINDS
 
@@ -24,18 +24,7 @@ class Group(click.Group):
 
     def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
         extra.pop("standalone_mode", None)
-        try:
-            rv = super().main(args, prog_name, standalone_mode=False, **extra)
-        except click.exceptions.Abort:
-            click.echo("aborted", err=True)
-            sys.exit(1)
-        except click.ClickException as e:
-            click.echo(f"vcq: error: {e.format_message()}", err=True)
-            sys.exit(2)
-        except EntropyCliffError as e:
-            click.echo(f"vcq: error: {e}", err=True)
-            sys.exit(2)
-        sys.exit(rv if isinstance(rv, int) else 0)
+        run_one_line_errors("vcq", lambda: super(Group, self).main(args, prog_name, standalone_mode=False, **extra))
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -150,13 +139,18 @@ def resolve_tokenizer_config(preset: str | None, given: dict[str, dict[str, Any]
     return run_config(model, train_cfg, data, name)
 
 
+def run_options(f):
+    """--out/--resume/--stop-at/--device, shared by the training commands."""
+    f = click.option("--device", help="cpu, cuda or cuda:N (default: cuda:LOCAL_RANK when present, else cpu).")(f)
+    f = click.option("--stop-at", type=int, help="stop (with a checkpoint) at this step, e.g. to split a run.")(f)
+    f = click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint.")(f)
+    return click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="run directory.")(f)
+
+
 @main.command("train-tokenizer")
 @click.option("--preset", help="tokenizer preset: tiny (CPU), base, large (paper). Default tiny.")
 @_flag_options(TOKENIZER_FLAGS)
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="run directory.")
-@click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint.")
-@click.option("--stop-at", type=int, help="stop (with a checkpoint) at this step, e.g. to split a run.")
-@click.option("--device", help="cpu, cuda or cuda:N (default: cuda:LOCAL_RANK when present, else cpu).")
+@run_options
 @click.option("--threads", type=click.IntRange(1), help="torch CPU threads (1 is fastest on a busy machine).")
 @click.option("--quiet", is_flag=True, help="no progress bar or messages.")
 def train_tokenizer_cmd(preset, out, resume, stop_at, device, threads, quiet, **kwargs) -> None:
@@ -260,10 +254,7 @@ def resolve_ar_config(preset: str | None, given: dict[str, dict[str, Any]], data
               help="without --val-tokens: share of the dump's rows held out.")
 @click.option("--preset", help="AR preset: tiny (CPU), B, L, XL (paper). Default tiny.")
 @_flag_options(AR_FLAGS)
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="run directory.")
-@click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint.")
-@click.option("--stop-at", type=int, help="stop (with a checkpoint) at this step.")
-@click.option("--device", help="cpu, cuda or cuda:N (default: cuda:LOCAL_RANK when present, else cpu).")
+@run_options
 @click.option("--format", "fmt", type=click.Choice(("table", "json")), default="table", show_default=True,
               help="how to print the per-position NLL.")
 @click.option("--quiet", is_flag=True, help="no progress bar or messages.")
