@@ -109,8 +109,8 @@ def schedule_options(f):
     f = click.option("--schedule-file", type=click.Path(dir_okay=False),
                      help="custom schedule: a JSON list of K_t, a sidecar with 'K', or numbers separated by spaces/commas.")(f)
     f = click.option("--power", type=float, default=2.5, show_default=True, help="p of the power schedule u**p.")(f)
-    f = click.option("--kmax", callback=_count("--kmax"), help="largest codebook size K_max.")(f)
-    f = click.option("--kmin", callback=_count("--kmin"), default="2", show_default=True, help="smallest codebook size K_min.")(f)
+    f = click.option("--kmax", callback=_count("--kmax"), metavar="COUNT", help="largest codebook size K_max.")(f)
+    f = click.option("--kmin", callback=_count("--kmin"), metavar="COUNT", default="2", show_default=True, help="smallest codebook size K_min.")(f)
     f = click.option("--schedule", "kind", type=click.Choice(KINDS[:-1]),
                      help="codebook-size schedule K_t (paper Eq. 3); cosine is the paper's default.")(f)
     return f
@@ -164,8 +164,8 @@ def _thresholds_text(ths: list[theory.Threshold], N: int) -> str:
 
 
 @cli.command()
-@click.option("--N", "N", callback=_count("--N"), help="training-set size: 1.28e6, 1280000, 400M, 5B, 2^28+1.")
-@click.option("--K", "K", callback=_count("--K"), help="uniform codebook size (a constant schedule).")
+@click.option("--N", "N", callback=_count("--N"), metavar="COUNT", help="training-set size: 1.28e6, 1280000, 400M, 5B, 2^28+1.")
+@click.option("--K", "K", callback=_count("--K"), metavar="COUNT", help="uniform codebook size (a constant schedule).")
 @schedule_options
 @click.option("--length", "-L", type=click.IntRange(min=1), default=256, show_default=True,
               help="sequence length L (positions in the per-position bound).")
@@ -239,7 +239,7 @@ def _schedule_summary(s: Schedule, N: int, image_size: int) -> dict[str, Any]:
 @cli.command()
 @schedule_options
 @click.option("--length", "-L", type=click.IntRange(min=1), default=256, show_default=True, help="sequence length L.")
-@click.option("--N", "N", callback=_count("--N"), default="1.28e6", show_default=True,
+@click.option("--N", "N", callback=_count("--N"), metavar="COUNT", default="1.28e6", show_default=True,
               help="training-set size for t* (default: ImageNet-1K).")
 @click.option("--image-size", type=click.IntRange(min=1), default=256, show_default=True,
               help="image side in pixels, for bits per pixel.")
@@ -405,10 +405,10 @@ def measure_options(f):
     f = click.option("--bootstrap", type=click.IntRange(min=0), default=0, show_default=True,
                      help="B bootstrap resamples of the rows: percentile intervals for H_t.")(f)
     f = click.option("--epsilon", type=click.FloatRange(min=0), default=0.5, show_default=True,
-                     help="empirical t* (threshold): first t with H_t < epsilon bits.")(f)
+                     help="empirical t*: first t with H_t < epsilon bits (threshold), and first t after which every H_s < epsilon (sustained).")(f)
     f = click.option("--delta", type=click.FloatRange(min=0), default=0.5, show_default=True,
                      help="empirical t* (budget): first t with log2 N - H(X<=t) <= delta bits.")(f)
-    f = click.option("--K", "K", callback=_count("--K"), help="uniform codebook size (checks every token < K).")(f)
+    f = click.option("--K", "K", callback=_count("--K"), metavar="COUNT", help="uniform codebook size (checks every token < K).")(f)
     f = schedule_options(f)
     f = click.option("--key", help="array name inside an .npz file.")(f)
     return f
