@@ -54,7 +54,7 @@ class Measurement:
     """Per-position entropies of a corpus; arrays have one entry per position t = 1..L (bits).
 
     ``utilization`` is NaN where ``K_t = 1`` (``log2 K_t = 0``). ``ci`` / ``ci_prefix`` are the
-    bootstrap percentile intervals (columns: lower, upper) of ``H_cond`` / ``H_prefix``, or None.
+    basic bootstrap intervals (columns: lower, upper) of ``H_cond`` / ``H_prefix``, or None.
     """
 
     N: int
@@ -608,9 +608,9 @@ def measure(
     ``K`` gives the codebook size per position (length L); when None it is inferred as the global
     maximum token + 1. Raises :class:`EntropyCliffError` for a negative token or a token >= K_t.
     ``bootstrap = B > 0`` resamples rows B times (multinomial row weights, ``seed``) and adds
-    percentile intervals at level ``confidence`` for H_cond (``ci``) and H_prefix (``ci_prefix``).
-    Near the cliff the plug-in entropy of a resample is biased low (a resample holds about 63 % of
-    the distinct rows), so there the percentile interval can lie below the point estimate.
+    basic bootstrap intervals at level ``confidence`` for H_cond (``ci``) and H_prefix
+    (``ci_prefix``); see :func:`entropy_cliff.estimators.basic_interval` for why not percentile
+    intervals (resampled plug-in entropies are biased low near the cliff).
     ``small_group`` tunes the kernel (see :func:`prefix_entropy`) and never changes the result.
     """
     X = _integer_corpus(X)
@@ -626,7 +626,7 @@ def measure(
     if bootstrap < 0:
         raise EntropyCliffError(f"bootstrap must be >= 0, got {bootstrap}")
     if bootstrap:
-        estimators.percentile_interval(np.zeros((1, 1)), confidence)  # validates the level early
+        estimators.basic_interval(np.zeros(1), np.zeros((1, 1)), confidence)  # validates the level early
     dense = K is not None and int(K.sum()) <= MAX_DENSE_BINS
     mins, maxs, counts = _scan(X, K if dense else None, show)
     _check_values(mins, maxs, K)
@@ -657,8 +657,8 @@ def measure(
                 bar.update(1)
         if bar is not None:
             bar.close()
-        ci_prefix = estimators.percentile_interval(reps, confidence)
-        ci = estimators.percentile_interval(np.diff(reps, axis=1, prepend=0.0), confidence)
+        ci_prefix = estimators.basic_interval(H_prefix, reps, confidence)
+        ci = estimators.basic_interval(H_cond, np.diff(reps, axis=1, prepend=0.0), confidence)
     return Measurement(N=N, L=L, K=K, K_inferred=K_inferred, H_prefix=H_prefix, H_cond=H_cond,
                        H_cond_mm=H_cond_mm, groups=groups, H_marginal=H_marginal,
                        utilization=utilization, ci=ci, ci_prefix=ci_prefix)

@@ -54,16 +54,25 @@ def test_bootstrap_weights_are_a_reproducible_resample():
     assert 0.58 < np.count_nonzero(w1) / 1000 < 0.69
 
 
-def test_percentile_interval_matches_quantiles():
+def test_basic_interval_reflects_quantiles_about_the_estimate():
     rng = np.random.default_rng(0)
     samples = rng.normal(size=(400, 3))
-    ci = estimators.percentile_interval(samples, 0.9)
+    est = np.array([0.0, 1.0, -2.0])
+    ci = estimators.basic_interval(est, samples, 0.9)
     assert ci.shape == (3, 2)
-    np.testing.assert_allclose(ci[:, 0], np.quantile(samples, 0.05, axis=0))
-    np.testing.assert_allclose(ci[:, 1], np.quantile(samples, 0.95, axis=0))
+    np.testing.assert_allclose(ci[:, 0], 2 * est - np.quantile(samples, 0.95, axis=0))
+    np.testing.assert_allclose(ci[:, 1], 2 * est - np.quantile(samples, 0.05, axis=0))
+
+
+def test_basic_interval_corrects_replicates_that_undershoot():
+    # replicates biased low by 1 (as resampled plug-in entropies are): the percentile interval would
+    # sit at 4; the basic interval moves the same distance the other way, to the bias-corrected 6
+    samples = 4.0 + np.linspace(-0.1, 0.1, 101)[:, None]
+    lo, hi = estimators.basic_interval(np.array([5.0]), samples, 0.95)[0]
+    assert (lo + hi) / 2 == pytest.approx(6.0) and hi - lo == pytest.approx(0.19)
 
 
 @pytest.mark.parametrize("level", [0.0, 1.0, 1.5, -0.1])
-def test_percentile_interval_rejects_bad_level(level):
+def test_basic_interval_rejects_bad_level(level):
     with pytest.raises(EntropyCliffError, match="confidence"):
-        estimators.percentile_interval(np.zeros((3, 2)), level)
+        estimators.basic_interval(np.zeros(2), np.zeros((3, 2)), level)
