@@ -36,7 +36,7 @@ def train_both(args: argparse.Namespace) -> None:
         cmd = [sys.executable, "-m", "vcq.cli", "train-tokenizer", "--preset", args.preset, "--data", "patches",
                "--n", str(args.n_train), "--schedule", kind, "--kmin", str(args.kmin), "--kmax", str(args.kmax),
                "--num-latent", "32", "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-               "--lr", str(args.lr), "--enc-width", str(args.width), "--dec-width", str(args.width),
+               "--enc-width", str(args.width), "--dec-width", str(args.width), *(["--lr", str(args.lr)] if args.lr else []),
                "--l2-norm-codes", "--dead-code-restart", "--ckpt-every", "250", "--log-every", "50",
                "--preview-every", "500", "--out", str(out), "--quiet"]
         if (out / "train_state.pt").exists():
@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, help="learning rate (default: the preset's)")
     ap.add_argument("--width", type=int, default=64, help="encoder and decoder width (the tiny preset's is 64)")
     ap.add_argument("--kmin", type=int, default=2)
     ap.add_argument("--kmax", type=int, default=1024)

@@ -6,7 +6,7 @@ saves in ``config.json`` and what rebuilds the model later (:func:`from_dict`).
 
 Tokenizer presets:
 
-- ``tiny``  — CPU scale: 32×32 RGB, patch 4, L = 32 latent tokens, 2-layer width-64 ViTs, K = 2..256.
+- ``tiny``  — CPU scale: 32×32 RGB, patch 8, L = 32 latent tokens, 2-layer width-64 ViTs, K = 2..256.
 - ``base``  — paper Base: 256×256, patch 16, L = 256, ViT-B encoder + ViT-B decoder (about 172M
   parameters), cosine VCQ K_min = 2, K_max = 16384.
 - ``large`` — paper Large: ViT-B encoder + ViT-L decoder, K_max = 11264.
@@ -79,11 +79,16 @@ class TokenizerConfig:
     power: float = 1.0
     beta: float = 0.25  # VQ-VAE commitment beta; not stated in the paper
     l2_norm_codes: bool = False
+    # initialisation: linear layers trunc-normal(0.02) (ViT practice) or Xavier-uniform; learned
+    # position embeddings, latent tokens and the mask token normal(0, embed_std)
+    xavier_init: bool = False
+    embed_std: float = 0.02
     dead_code_restart: bool = False
     dead_code_threshold: float = 0.05  # restart codes whose EMA share < this × their share under uniform use
     chunk_size: int = 4096  # rows of the distance matrix computed at once
     # losses (paper Appendix A)
     w_l1: float = 1.0
+    w_mse: float = 0.0  # pixel MSE; not in the paper (the tiny preset uses it to leave the mean-colour plateau)
     w_lpips: float = 1.0
     w_adv: float = 0.1
     w_disc: float = 1.0
@@ -103,9 +108,16 @@ class TokenizerPreset:
 
 
 TOKENIZER_PRESETS: dict[str, TokenizerPreset] = {
+    # CPU scale. With the ViT defaults (patch 4, trunc-normal 0.02 init, L1 only, plain codes,
+    # lr 1e-3) the model sits on the mean-colour plateau (~15.5-17 dB held-out PSNR on ``patches``
+    # after 300-1500 steps, quantized or not). Patch 8, Xavier init with embeddings at std 0.5,
+    # l2-normalised codes, an added MSE term and lr 4e-3 leave it after ~300-400 steps and reach
+    # ~19 dB (18.9 dB on 1000 held-out crops, cosine VCQ K_max 1024, 600 steps): coarse colour
+    # layout per 8×8 patch. Without the Xavier/embedding init, without l2 codes, or with L1
+    # alone, 600-step runs stayed at or near the plateau.
     "tiny": TokenizerPreset(
-        TokenizerConfig(),
-        TrainConfig(steps=500, batch_size=32, lr=1e-3, min_lr=1e-4, warmup_steps=20, weight_decay=1e-4),
+        TokenizerConfig(patch_size=8, l2_norm_codes=True, xavier_init=True, embed_std=0.5, w_mse=1.0),
+        TrainConfig(steps=600, batch_size=32, lr=4e-3, min_lr=4e-4, warmup_steps=50, weight_decay=1e-4),
     ),
     "base": TokenizerPreset(
         TokenizerConfig(image_size=256, patch_size=16, num_latent=256, enc_width=768, enc_depth=12,

@@ -107,9 +107,9 @@ class Tokenizer1D(nn.Module):
         self.grid = cfg.image_size // p
         n_patches = self.grid**2
         self.patch_embed = nn.Conv2d(c, cfg.enc_width, p, stride=p)
-        self.enc_pos = nn.Parameter(torch.randn(n_patches, cfg.enc_width) * 0.02)
-        self.latent_tokens = nn.Parameter(torch.randn(cfg.num_latent, cfg.enc_width) * 0.02)
-        self.latent_pos = nn.Parameter(torch.randn(cfg.num_latent, cfg.enc_width) * 0.02)
+        self.enc_pos = nn.Parameter(torch.randn(n_patches, cfg.enc_width) * cfg.embed_std)
+        self.latent_tokens = nn.Parameter(torch.randn(cfg.num_latent, cfg.enc_width) * cfg.embed_std)
+        self.latent_pos = nn.Parameter(torch.randn(cfg.num_latent, cfg.enc_width) * cfg.embed_std)
         self.encoder = ViT(cfg.enc_width, cfg.enc_depth, cfg.enc_heads, cfg.mlp_ratio)
         self.to_code = nn.Linear(cfg.enc_width, cfg.code_dim)
         self.quantizer = VariableCodebookQuantizer(
@@ -117,12 +117,14 @@ class Tokenizer1D(nn.Module):
             dead_code_restart=cfg.dead_code_restart, dead_code_threshold=cfg.dead_code_threshold,
             chunk_size=cfg.chunk_size)
         self.from_code = nn.Linear(cfg.code_dim, cfg.dec_width)
-        self.mask_token = nn.Parameter(torch.randn(cfg.dec_width) * 0.02)
-        self.dec_pos = nn.Parameter(torch.randn(n_patches, cfg.dec_width) * 0.02)
-        self.dec_latent_pos = nn.Parameter(torch.randn(cfg.num_latent, cfg.dec_width) * 0.02)
+        self.mask_token = nn.Parameter(torch.randn(cfg.dec_width) * cfg.embed_std)
+        self.dec_pos = nn.Parameter(torch.randn(n_patches, cfg.dec_width) * cfg.embed_std)
+        self.dec_latent_pos = nn.Parameter(torch.randn(cfg.num_latent, cfg.dec_width) * cfg.embed_std)
         self.decoder = ViT(cfg.dec_width, cfg.dec_depth, cfg.dec_heads, cfg.mlp_ratio)
         self.to_pixels = nn.Linear(cfg.dec_width, p * p * c)
-        self.apply(_init_weights)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                _init_linear(m, cfg.xavier_init)
 
     def check_images(self, x: torch.Tensor) -> None:
         c, s = self.cfg.channels, self.cfg.image_size
@@ -164,11 +166,19 @@ class Tokenizer1D(nn.Module):
         return self.decode_codes(self.quantizer.lookup(tokens))
 
 
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
+def _init_linear(m: nn.Linear, xavier: bool) -> None:
+    """Trunc-normal(0.02) weights (ViT practice at width 768) or Xavier-uniform, zero biases.
+
+    At width 64 the 0.02 init makes attention logits near zero, so every token starts as an average
+    of the others; Xavier's width-scaled init lets the tiny model leave that plateau in a few
+    hundred steps.
+    """
+    if xavier:
+        nn.init.xavier_uniform_(m.weight)
+    else:
         nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
+    if m.bias is not None:
+        nn.init.zeros_(m.bias)
 
 
 def load_tokenizer(run_dir: str | Path, device: str | torch.device = "cpu") -> Tokenizer1D:
@@ -253,8 +263,9 @@ class TokenizerTask(Task):
         out = models[MAIN](x)
         recon = out.recon.float()
         l1 = (recon - x).abs().mean()
-        loss = c.w_l1 * l1 + c.w_commit * out.quant.loss
-        m = {"l1": l1.item(), "vq": out.quant.loss.item(), "commit": out.quant.commit_loss.item(), "psnr": psnr(recon, x)}
+        mse = F.mse_loss(recon, x)
+        loss = c.w_l1 * l1 + c.w_mse * mse + c.w_commit * out.quant.loss
+        m = {"l1": l1.item(), "mse": mse.item(), "vq": out.quant.loss.item(), "commit": out.quant.commit_loss.item(), "psnr": psnr(recon, x)}
         if self.lpips is not None and c.w_lpips > 0:
             lp = self.lpips(recon, x)
             loss = loss + c.w_lpips * lp
