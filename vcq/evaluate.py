@@ -56,7 +56,11 @@ from entropy_cliff.io import atomic_path, write_json_atomic
 
 
 def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> np.ndarray:
-    """PSNR in dB of each image pair (first axis = image); identical images give +inf."""
+    """PSNR in dB of each image pair (first axis = image); identical images give +inf.
+
+    Reports average these per-image values (the usual convention of tokenizer papers); the
+    training logs' :func:`vcq.tokenizer.psnr` pools the MSE over the batch instead and reads lower.
+    """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim < 2:
         raise EntropyCliffError(f"PSNR needs two image batches of one shape, got {a.shape} and {b.shape}")
