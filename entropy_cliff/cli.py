@@ -403,7 +403,7 @@ def measure_options(f):
     f = click.option("--confidence", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.95,
                      show_default=True, help="bootstrap interval level.")(f)
     f = click.option("--bootstrap", type=click.IntRange(min=0), default=0, show_default=True,
-                     help="B bootstrap resamples of the rows: percentile intervals for H_t.")(f)
+                     help="B bootstrap resamples of the rows: basic (bias-corrected) intervals for H_t.")(f)
     f = click.option("--epsilon", type=click.FloatRange(min=0), default=0.5, show_default=True,
                      help="empirical t*: first t with H_t < epsilon bits (threshold), and first t after which every H_s < epsilon (sustained).")(f)
     f = click.option("--delta", type=click.FloatRange(min=0), default=0.5, show_default=True,
@@ -547,6 +547,10 @@ def run_one_line_errors(prog: str, invoke: Callable[[], Any]) -> NoReturn:
         sys.exit(2)
     except BrokenPipeError:
         sys.exit(0)
+    except OSError as e:  # an unwritable --out, a full disk: the user's to fix, not a traceback
+        where = f"{e.filename}: " if e.filename else ""
+        click.echo(f"{prog}: error: {where}{e.strerror or e}", err=True)
+        sys.exit(2)
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

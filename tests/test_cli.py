@@ -197,3 +197,11 @@ def test_assign_writes_a_dump_that_measure_reads(capsys, tmp_path):
     code_, _, err = run(capsys, "assign", tmp_path / "f.npy", tmp_path / "f.npy", "--schedule", "cosine", "-o",
                         tmp_path / "bad.npy")
     assert code_ == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "bad.npy").exists()
+
+
+def test_unwritable_out_is_one_line(capsys, dump, tmp_path):
+    path, _, _ = dump
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code, out, err = run(capsys, "measure", path, "--out", blocker / "res")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err and out == ""

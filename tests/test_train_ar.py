@@ -199,3 +199,15 @@ def test_cli_sample_decodes_a_grid_and_refuses_a_tokenizer_with_other_K_t(tmp_pa
     assert grid.shape == (2 * (16 + 2) + 2, 3 * (16 + 2) + 2, 3)  # 2 rows x 3 columns of 8x8 images, upscaled 2x
     res = run_cli("sample", "--ckpt", tmp_path / "run", "--tokenizer", bad, "--out", tmp_path / "s2")
     assert res.exit_code == 2 and "K_t disagree" in res.output and not (tmp_path / "s2").exists()
+
+
+def test_cli_resume_keeps_the_runs_data_settings(cli_run, tmp_path):
+    _, tok, _ = cli_run
+    small = ["--dim", 32, "--depth", 1, "--heads", 2, "--steps", 4, "--batch-size", 16, "--ckpt-every", 2, "--quiet"]
+    res = run_cli("train-ar", "--tokens", tok, *small, "--val-fraction", 0.1, "--stop-at", 2, "--out", tmp_path / "r")
+    assert res.exit_code == 0, res.output
+    res = run_cli("train-ar", "--tokens", tok, "--resume", "--quiet", "--out", tmp_path / "r")
+    assert res.exit_code == 0, res.output
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["data"]["val_fraction"] == 0.1
+    assert [json.loads(ln)["step"] for ln in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()][-1] == 4

@@ -81,12 +81,26 @@ def test_resume_continues_to_the_same_weights(run, tmp_path):
     args = ["train-tokenizer", "--preset", "tiny", *SMALL, "--schedule", "cosine", "--kmin", "2", "--kmax", "32"]
     r = CliRunner().invoke(main, [*args, "--out", str(out), "--stop-at", "2"])
     assert r.exit_code == 0, r.output
+    with open(out / "metrics.jsonl", "a") as f:  # an interruption mid-write leaves half a row
+        f.write('{"step": 3, "lo')
     r = CliRunner().invoke(main, ["train-tokenizer", "--out", str(out), "--resume", "--quiet"])
     assert r.exit_code == 0, r.output
     from safetensors.torch import load_file
 
     a, b = load_file(str(run / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_fresh_run_drops_metrics_of_a_run_that_never_checkpointed(tmp_path):
+    out = tmp_path / "again"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 99.0}\n')
+    r = CliRunner().invoke(main, ["train-tokenizer", "--preset", "tiny", *SMALL, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(row["loss"] != 99.0 for row in rows) and len({row["step"] for row in rows}) == len(rows)
 
 
 def test_bad_input_is_one_line_and_exit_2(run, tmp_path):
@@ -94,6 +108,7 @@ def test_bad_input_is_one_line_and_exit_2(run, tmp_path):
     base = ["train-tokenizer", *SMALL, "--out", str(tmp_path / "x")]
     assert "K_min = 300 exceeds K_max = 256" in _one_line_error(cli.invoke(main, [*base, "--kmin", "300"]))
     assert "unknown tokenizer preset 'huge'" in _one_line_error(cli.invoke(main, [*base, "--preset", "huge"]))
+    assert "--lr must be > 0" in _one_line_error(cli.invoke(main, [*base, "--lr", "0"]))
     assert "already holds a run" in _one_line_error(cli.invoke(main, ["train-tokenizer", *SMALL, "--out", str(run)]))
     msg = _one_line_error(cli.invoke(main, ["train-tokenizer", "--out", str(run), "--resume", "--schedule", "linear"]))
     assert "model.schedule: 'cosine' -> 'linear'" in msg

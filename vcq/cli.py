@@ -120,6 +120,7 @@ def resolve_tokenizer_config(preset: str | None, given: dict[str, dict[str, Any]
     the given flags replacing fields. Checks the schedule (K_min <= K_max) by building it."""
     from vcq.presets import TOKENIZER_PRESETS, TokenizerConfig, TrainConfig, from_dict, lookup, override
     from vcq.tokenizer import DataSpec, run_config, schedule_of
+    from vcq.train import check_train_config
 
     if base is None or preset is not None:
         p = lookup(TOKENIZER_PRESETS, preset or "tiny", "tokenizer preset")
@@ -133,9 +134,7 @@ def resolve_tokenizer_config(preset: str | None, given: dict[str, dict[str, Any]
     train_cfg = override(train_cfg, **given.get("train", {}))
     data = override(data, **given.get("data", {}))
     schedule_of(model)
-    for k in ("steps", "batch_size", "ckpt_every", "log_every", "preview_every"):
-        if getattr(train_cfg, k) < 1:
-            raise EntropyCliffError(f"--{k.replace('_', '-')} must be >= 1")
+    check_train_config(train_cfg, ("steps", "batch_size", "ckpt_every", "log_every", "preview_every"))
     return run_config(model, train_cfg, data, name)
 
 
@@ -229,6 +228,7 @@ def resolve_ar_config(preset: str | None, given: dict[str, dict[str, Any]], data
     """The AR run config: the preset (default ``tiny``) with the flags given, K_t and the class
     count from the token dump (checked against its sidecar and labels)."""
     from vcq.presets import AR_PRESETS, lookup, override
+    from vcq.train import check_train_config
     from vcq.train_ar import ar_config_for_dump, load_token_dump, run_config
 
     p = lookup(AR_PRESETS, preset or "tiny", "AR preset")
@@ -237,11 +237,7 @@ def resolve_ar_config(preset: str | None, given: dict[str, dict[str, Any]], data
     dump = load_token_dump(data["tokens"], data["labels"])
     model = ar_config_for_dump(override(p.model, **model_given), dump, num_classes)
     train_cfg = override(p.train, **given.get("train", {}))
-    if train_cfg.grad_clip == 0:
-        train_cfg = type(train_cfg)(**{**train_cfg.__dict__, "grad_clip": None})
-    for k in ("steps", "batch_size", "ckpt_every", "log_every"):
-        if getattr(train_cfg, k) < 1:
-            raise EntropyCliffError(f"--{k.replace('_', '-')} must be >= 1")
+    check_train_config(train_cfg)
     return run_config(model, train_cfg, data, preset or "tiny")
 
 
@@ -250,8 +246,8 @@ def resolve_ar_config(preset: str | None, given: dict[str, dict[str, Any]], data
 @click.option("--labels", "labels", type=click.Path(), help="labels .npy (default: labels.npy beside the tokens).")
 @click.option("--val-tokens", type=click.Path(), help="a held-out token dump for the validation NLL.")
 @click.option("--val-labels", type=click.Path(), help="labels of --val-tokens (default: beside them).")
-@click.option("--val-fraction", type=float, default=0.05, show_default=True,
-              help="without --val-tokens: share of the dump's rows held out.")
+@click.option("--val-fraction", type=float,
+              help="without --val-tokens: share of the dump's rows held out (default 0.05; --resume: the run's).")
 @click.option("--preset", help="AR preset: tiny (CPU), B, L, XL (paper). Default tiny.")
 @_flag_options(AR_FLAGS)
 @run_options
@@ -275,14 +271,17 @@ def train_ar_cmd(tokens, labels, val_tokens, val_labels, val_fraction, preset, o
 
     given = _flag_values(AR_FLAGS, kwargs)
     labels = labels or str(Path(tokens).parent / "labels.npy")
-    data = {"tokens": str(tokens), "labels": str(labels), "val_fraction": val_fraction}
+    data = {"tokens": str(tokens), "labels": str(labels)}
+    if val_fraction is not None:
+        data["val_fraction"] = val_fraction
     if val_tokens:
         data.update(val_tokens=str(val_tokens), val_labels=str(val_labels or Path(val_tokens).parent / "labels.npy"))
     if resume:  # the saved config with the flags given; the loop refuses any change that matters
         saved = read_config(out)
-        config = {**saved, "data": data, **{sec: {**saved[sec], **vals} for sec, vals in given.items()}}
+        config = {**saved, "data": {**saved.get("data", {}), **data},
+                  **{sec: {**saved.get(sec, {}), **vals} for sec, vals in given.items()}}
     else:
-        config = resolve_ar_config(preset, given, data)
+        config = resolve_ar_config(preset, given, {"val_fraction": 0.05, **data})
     log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
     res, nll = train_ar(config, out, resume=resume, stop_at=stop_at, quiet=quiet, device=device, log=log)
     if fmt == "json":
@@ -418,7 +417,7 @@ def evaluate_cmd(samples, ckpt, tokenizer, pt_inception, cache_dir, n_real, n_re
         firsts = tuple(0 if k.strip() == "all" else int(k) for k in probe_k.split(","))
     except ValueError:
         raise EntropyCliffError(f"--probe-k must list integers or 'all', got {probe_k!r}") from None
-    if any(k < 0 for k in firsts):
+    if any(k < 1 and s.strip() != "all" for k, s in zip(firsts, probe_k.split(","))):
         raise EntropyCliffError("--probe-k values must be >= 1 (or 'all')")
     res = evaluate_run(samples, ckpt, tokenizer, inception_path=pt_inception, cache_dir=cache_dir, n_real=n_real,
                        n_recon=n_recon, probe_firsts=firsts, seed=seed, progress=not quiet)

@@ -150,6 +150,19 @@ def init_distributed(device: str | None = None) -> DistInfo:
     return DistInfo(rank, world, local, dev)
 
 
+def check_train_config(cfg: TrainConfig, positive: tuple[str, ...] = ("steps", "batch_size", "ckpt_every", "log_every")) -> None:
+    """Refuse settings the loop cannot run with (one-line EntropyCliffError, exit 2 in the CLI)."""
+    for k in positive:
+        if getattr(cfg, k) < 1:
+            raise EntropyCliffError(f"--{k.replace('_', '-')} must be >= 1")
+    if not cfg.lr > 0:
+        raise EntropyCliffError(f"--lr must be > 0, got {cfg.lr}")
+    if cfg.min_lr < 0 or cfg.warmup_steps < 0:
+        raise EntropyCliffError(f"--min-lr and --warmup-steps must be >= 0, got {cfg.min_lr} and {cfg.warmup_steps}")
+    if cfg.grad_clip is not None and cfg.grad_clip < 0:
+        raise EntropyCliffError(f"--grad-clip must be >= 0 (0: off), got {cfg.grad_clip}")
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Learning rate before optimizer step ``step`` (0-based): linear warmup from lr/warmup to lr,
     then linear decay to ``min_lr`` at ``cfg.steps``."""
@@ -348,6 +361,7 @@ def train(
             _truncate_metrics(out / METRICS_FILE, step)
     elif info.main:
         write_json_atomic(out / CONFIG_FILE, config)
+        (out / METRICS_FILE).unlink(missing_ok=True)  # rows of an earlier run that never checkpointed
     models: dict[str, nn.Module] = dict(raw)
     if info.world > 1:
         models = {k: nn.parallel.DistributedDataParallel(m, device_ids=[info.device.index] if info.device.type == "cuda" else None)
@@ -425,8 +439,16 @@ def _progress(total: int, initial: int, disable: bool):
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric rows logged after the checkpoint being resumed (they will be logged again)."""
+    """Drop metric rows logged after the checkpoint being resumed (they will be logged again) and
+    any row an interruption left half-written."""
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    keep = []
+    for ln in path.read_text().splitlines():
+        try:
+            row = json.loads(ln)
+        except json.JSONDecodeError:  # blank, or the half-written last row of an interrupted run
+            continue
+        if row.get("step", 0) <= step:
+            keep.append(ln)
     write_text_atomic(path, "".join(ln + "\n" for ln in keep))
