@@ -313,7 +313,7 @@ def _import_measure():
     return measure
 
 
-def _load_measurement(path: Path, key: str | None, sched_flags: tuple, uniform_K: int | None,
+def _load_measurement(path: Path, key: str | None, sched_flags: dict[str, Any], uniform_K: int | None,
                       bootstrap: int, confidence: float, seed: int, quiet: bool) -> dict[str, Any]:
     """Load a corpus, resolve its K_t (flags > sidecar > inferred) and measure it."""
     from entropy_cliff.io import load_tokens, read_sidecar
@@ -321,7 +321,7 @@ def _load_measurement(path: Path, key: str | None, sched_flags: tuple, uniform_K
     measure = _import_measure()
     X = load_tokens(path, key)
     N, L = X.shape
-    sched = _schedule(*sched_flags[:2], sched_flags[2], L, *sched_flags[3:])
+    sched = _schedule(length=L, **sched_flags)
     meta = read_sidecar(path)
     if sched is not None and uniform_K is not None:
         raise EntropyCliffError("give either --K or --schedule, not both")
@@ -437,7 +437,8 @@ def measure(tokens, demo, key, kind, kmin, kmax, power, schedule_file, K, delta,
     if (tokens is None) == (demo is None):
         raise EntropyCliffError("give one token file (TOKENS) or --demo NAME")
     path = tokens if tokens is not None else _demo_path(demo)
-    run = _load_measurement(path, key, (kind, kmin, kmax, power, schedule_file), K, bootstrap, confidence, seed, quiet)
+    flags = dict(kind=kind, kmin=kmin, kmax=kmax, power=power, schedule_file=schedule_file)
+    run = _load_measurement(path, key, flags, K, bootstrap, confidence, seed, quiet)
     rep = _measure_report(run, delta, epsilon)
     text = _measure_text(rep)
     if out is not None:
@@ -472,7 +473,8 @@ def compare(tokens, demo, labels, key, kind, kmin, kmax, power, schedule_file, K
         raise EntropyCliffError("give token files to compare (or --demo)")
     if labels and len(labels) != len(paths):
         raise EntropyCliffError(f"{len(labels)} --label values for {len(paths)} corpora")
-    runs = [_load_measurement(p, key, (kind, kmin, kmax, power, schedule_file), K, bootstrap, confidence, seed, quiet)
+    flags = dict(kind=kind, kmin=kmin, kmax=kmax, power=power, schedule_file=schedule_file)
+    runs = [_load_measurement(p, key, flags, K, bootstrap, confidence, seed, quiet)
             for p in paths]
     reps = [_measure_report(r, delta, epsilon) for r in runs]
     names = list(labels) if labels else [_label(r) for r in runs]

@@ -465,18 +465,11 @@ def decode_tokens(tokenizer, tokens: np.ndarray, batch_size: int = 256) -> np.nd
     return np.concatenate(out)
 
 
-def encode_images(tokenizer, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Tokens (N, L) of uint8 images (N, H, W, C) under a :class:`vcq.tokenizer.Tokenizer1D`."""
-    from vcq.tokenizer import to_tensor
-
-    device = next(tokenizer.parameters()).device
-    return np.concatenate([tokenizer.encode(to_tensor(np.asarray(images[s:s + batch_size]), device)).cpu().numpy()
-                           for s in range(0, len(images), batch_size)])
-
-
 def reconstruction_metrics(tokenizer, images: np.ndarray, extractor: FeatureExtractor | None = None) -> dict[str, float]:
     """PSNR (dB, mean over images) of encode -> decode, and rFID (or rdFID) when an extractor is given."""
-    recon = decode_tokens(tokenizer, encode_images(tokenizer, images))
+    from vcq.tokenizer import reconstruct
+
+    recon = reconstruct(tokenizer, images)
     out = {"psnr": float(np.mean(psnr(images, recon))), "images": int(len(images))}
     if extractor is not None:
         out["r" + extractor.fid_name] = fid(extractor(images)[0], extractor(recon)[0])

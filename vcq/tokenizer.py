@@ -365,10 +365,13 @@ def train_tokenizer(config: dict[str, Any], out_dir: str | Path, *, resume: bool
                  stop_at=stop_at, quiet=quiet, device=device, log=log, preview_data=preview)
 
 
-def reconstruct(model: Tokenizer1D, images: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
-    """uint8 reconstructions of uint8 images (N, H, W, C) through the tokens (eval mode)."""
+def reconstruct(model: Tokenizer1D, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """uint8 reconstructions of uint8 images (N, H, W, C) through the tokens, ``batch_size`` images at
+    a time on the model's device (call it in eval mode)."""
+    device = next(model.parameters()).device
     with torch.no_grad():
-        return to_uint8(model.decode(model.encode(to_tensor(images, device))))
+        return np.concatenate([to_uint8(model.decode(model.encode(to_tensor(np.asarray(images[s : s + batch_size]), device))))
+                               for s in range(0, len(images), batch_size)])
 
 
 def dump_tokens(ckpt: str | Path, out: str | Path, *, data: dict[str, Any] | None = None, split: str = "train",
