@@ -2,8 +2,9 @@
 
     python analysis/table2_schedules.py [--N 1.28e6] [--dumps a.npy b.npy ...] [--out figures/table2.csv]
 
-The theoretical t* comes from C(t) (SPEC §3); measured t* (budget and threshold definitions) come
-from `entropy_cliff.measure` on each dump, whose sidecar names its schedule.
+The theoretical t* comes from C(t) (docs/formulas.md); measured t* (budget, threshold, sustained)
+come from `entropy_cliff.report.measure_corpus` on each dump, which takes K_t from its sidecar
+exactly as `entropy-cliff measure` does.
 """
 
 import argparse
@@ -12,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 
 from entropy_cliff import theory
-from entropy_cliff.io import load_tokens, read_sidecar, write_text_atomic
-from entropy_cliff.measure import measure
-from entropy_cliff.schedules import Schedule, paper_table2
+from entropy_cliff.io import write_text_atomic
+from entropy_cliff.report import measure_corpus
+from entropy_cliff.schedules import paper_table2
 
 
 def theory_rows(N: int, length: int = 256, kmin: int = 2) -> list[dict]:
@@ -27,14 +28,9 @@ def theory_rows(N: int, length: int = 256, kmin: int = 2) -> list[dict]:
 
 
 def measured_row(path: Path) -> dict:
-    X = load_tokens(path)
-    meta = read_sidecar(path) or {}
-    m = measure(X, meta.get("K"))
-    label = Schedule.from_dict(meta["schedule"], m.L).label if meta.get("schedule") else path.stem
-    return {"schedule": label, "source": f"measured: {path} (N={m.N:,})", "K_min": int(m.K.min()),
-            "K_max": int(m.K.max()), "mean_K": round(float(m.K.mean()), 1), "bpp": None,
-            "t_star_theory": theory.t_star(m.N, m.K), "t_star_budget": m.t_star_budget(),
-            "t_star_threshold": m.t_star_threshold(), "t_star_sustained": m.t_star_sustained()}
+    r = measure_corpus(path, progress=False)
+    return {"schedule": r.label, "source": f"measured: {path} (N={r.N:,}; K_t from {r.K_source.kind})", "K_min": int(r.K.min()),
+            "K_max": int(r.K.max()), "mean_K": round(float(r.K.mean()), 1), "bpp": None, **r.t_stars()}
 
 
 if __name__ == "__main__":

@@ -7,21 +7,20 @@ Heavy modules (the Numba kernel, matplotlib, FAISS) are imported only by the com
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 import numpy as np
 
-from entropy_cliff import theory
+from entropy_cliff import __version__, theory
 from entropy_cliff.errors import EntropyCliffError
-from entropy_cliff.schedules import KINDS, Schedule, paper_table2
+from entropy_cliff.io import csv_text, json_text
+from entropy_cliff.report import NOT_REACHED, not_reached
+from entropy_cliff.schedules import KINDS, Schedule, paper_table2, schedule_from_options
 
 DATA_DIR = Path(__file__).parent / "data"
 DEMOS = ("constant", "cosine")
@@ -30,36 +29,9 @@ PROG = "entropy-cliff"
 
 # ---------------------------------------------------------------------------- output formatting
 
-def _clean(x: Any) -> Any:
-    """JSON-safe values: numpy scalars/arrays to Python, NaN/inf to null."""
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _clean(x.tolist())
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
-def _json(obj: Any) -> str:
-    return json.dumps(_clean(obj), indent=2)
-
-
-def _csv(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(_clean(rows))
-    return buf.getvalue()
-
-
 def _fmt_cell(v: Any, spec: str = ".3f") -> str:
     if v is None:
-        return "-"
+        return NOT_REACHED
     if isinstance(v, (float, np.floating)):
         return format(v, spec)
     if isinstance(v, (int, np.integer)):
@@ -85,20 +57,25 @@ def _fmt_count(n: float) -> str:
 
 
 def _emit(fmt: str, data: dict[str, Any], rows: list[dict[str, Any]], text: str) -> None:
-    click.echo(_json(data) if fmt == "json" else _csv(rows) if fmt == "csv" else text)
+    if fmt == "csv":
+        click.echo(csv_text(rows), nl=False)  # csv_text ends every row with a newline: no blank last line
+    else:
+        click.echo(json_text(data) if fmt == "json" else text)
 
 
 format_option = click.option(
     "--format", "fmt", type=click.Choice(("table", "json", "csv")), default="table", show_default=True,
-    help="table for people, json (stable fields, SPEC §7) or csv (one row per position) for programs.")
+    help="table for people, json (stable fields, docs/output-fields.md) or csv (one row per position) for programs.")
 
 
-def _count(what: str):
+def _count(what: str, maximum: int = theory.MAX_COUNT, zero: bool = False):
     def convert(ctx, param, value):
         if value is None:
             return None
+        if zero and str(value).strip() == "0":
+            return 0
         try:
-            return theory.parse_count(value, what)
+            return theory.parse_count(value, what, maximum)
         except EntropyCliffError as e:
             raise click.BadParameter(str(e).removeprefix(f"{what}: ")) from None
     return convert
@@ -109,31 +86,31 @@ def schedule_options(f):
     f = click.option("--schedule-file", type=click.Path(dir_okay=False),
                      help="custom schedule: a JSON list of K_t, a sidecar with 'K', or numbers separated by spaces/commas.")(f)
     f = click.option("--power", type=float, default=2.5, show_default=True, help="p of the power schedule u**p.")(f)
-    f = click.option("--kmax", callback=_count("--kmax"), metavar="COUNT", help="largest codebook size K_max.")(f)
-    f = click.option("--kmin", callback=_count("--kmin"), metavar="COUNT", default="2", show_default=True, help="smallest codebook size K_min.")(f)
+    f = click.option("--kmax", callback=_count("--kmax", theory.MAX_CODEBOOK), metavar="COUNT", help="largest codebook size K_max.")(f)
+    f = click.option("--kmin", callback=_count("--kmin", theory.MAX_CODEBOOK), metavar="COUNT", default="2", show_default=True, help="smallest codebook size K_min.")(f)
     f = click.option("--schedule", "kind", type=click.Choice(KINDS[:-1]),
                      help="codebook-size schedule K_t (paper Eq. 3); cosine is the paper's default.")(f)
     return f
 
 
-def _schedule(kind: str | None, kmin: int, kmax: int | None, length: int, power: float,
-              schedule_file: str | None) -> Schedule | None:
-    if schedule_file:
-        s = Schedule.from_file(schedule_file)
-        if s.length != length:
-            raise EntropyCliffError(f"{schedule_file}: {s.length} codebook sizes for {length} positions")
-        return s
-    if kind is None:
-        return None
-    if kmax is None:
-        raise EntropyCliffError(f"--schedule {kind} needs --kmax")
-    return Schedule(kind, kmax if kind == "constant" else kmin, kmax, length, power)
-
-
 # ---------------------------------------------------------------------------- the group
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="entropy-cliff")
+class Interrupted(Exception):
+    """Ctrl-C inside a command, carried past click (which would print a blank line and abort)."""
+
+
+class OneLineGroup(click.Group):
+    """A click group whose Ctrl-C reaches :func:`run_one_line_errors` as :class:`Interrupted`."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as e:
+            raise Interrupted(*e.args) from None
+
+
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name=PROG)
 def cli() -> None:
     """Where the entropy cliff of a token corpus sits, and what theory predicts for it.
 
@@ -165,7 +142,7 @@ def _thresholds_text(ths: list[theory.Threshold], N: int) -> str:
 
 @cli.command()
 @click.option("--N", "N", callback=_count("--N"), metavar="COUNT", help="training-set size: 1.28e6, 1280000, 400M, 5B, 2^28+1.")
-@click.option("--K", "K", callback=_count("--K"), metavar="COUNT", help="uniform codebook size (a constant schedule).")
+@click.option("--K", "K", callback=_count("--K", theory.MAX_CODEBOOK), metavar="COUNT", help="uniform codebook size (a constant schedule).")
 @schedule_options
 @click.option("--length", "-L", type=click.IntRange(min=1), default=256, show_default=True,
               help="sequence length L (positions in the per-position bound).")
@@ -182,7 +159,7 @@ def predict(N, K, kind, kmin, kmax, power, schedule_file, length, utilization, d
     entropy-cliff predict --N 1.28e6 --schedule cosine --kmin 2 --kmax 16384 --length 256
     entropy-cliff predict --K 16384 --datasets
     """
-    sched = _schedule(kind, kmin, kmax, length, power, schedule_file)
+    sched = schedule_from_options(kind, kmin, kmax, length, power, schedule_file)
     if sched is None and K is None:
         raise EntropyCliffError("give a uniform codebook (--K 16384) or a schedule (--schedule cosine --kmax 16384)")
     if sched is not None and K is not None:
@@ -259,7 +236,7 @@ def schedule(kind, kmin, kmax, power, schedule_file, length, N, image_size, tabl
     if table:
         scheds = paper_table2(length, kmin)
     else:
-        s = _schedule(kind, kmin, kmax, length, power, schedule_file)
+        s = schedule_from_options(kind, kmin, kmax, length, power, schedule_file)
         if s is None:
             raise EntropyCliffError("give --schedule KIND --kmax K (or --schedule-file, or --table)")
         scheds = [s]
@@ -283,7 +260,7 @@ def schedule(kind, kmin, kmax, power, schedule_file, length, N, image_size, tabl
         _emit(fmt, d, rows, text)
     if plot:
         from entropy_cliff.plots import save_figure, schedule_figure
-        save_figure(schedule_figure(scheds, math.log2(N)), plot)
+        save_figure(schedule_figure(scheds, N), plot)
         click.echo(f"wrote {plot}", err=True)
 
 
@@ -296,105 +273,26 @@ def _demo_path(name: str) -> Path:
     return p
 
 
-def _import_measure():
-    """Import the Numba kernels without Numba's BLAS probe.
-
-    On its first kernel load Numba imports ``scipy.linalg.cython_blas`` (about 0.3 s) only to learn
-    whether ``np.dot`` may call BLAS; our kernels call no BLAS. Inside this command's own process we
-    hide that module while Numba looks for it, so it records "no BLAS" for this process only.
-    """
-    if "numba.np.arraymath" not in sys.modules and "scipy.linalg.cython_blas" not in sys.modules:
-        sys.modules["scipy.linalg.cython_blas"] = None  # type: ignore[assignment]
-        try:
-            import numba.np.arraymath  # noqa: F401
-        finally:
-            del sys.modules["scipy.linalg.cython_blas"]
-    from entropy_cliff.measure import measure
-    return measure
-
-
-def _load_measurement(path: Path, key: str | None, sched_flags: dict[str, Any], uniform_K: int | None,
-                      bootstrap: int, confidence: float, seed: int, quiet: bool) -> dict[str, Any]:
-    """Load a corpus, resolve its K_t (flags > sidecar > inferred) and measure it."""
-    from entropy_cliff.io import load_tokens, read_sidecar
-
-    measure = _import_measure()
-    X = load_tokens(path, key)
-    N, L = X.shape
-    sched = _schedule(length=L, **sched_flags)
-    meta = read_sidecar(path)
-    if sched is not None and uniform_K is not None:
-        raise EntropyCliffError("give either --K or --schedule, not both")
-    if uniform_K is not None:
-        sched = Schedule("constant", uniform_K, uniform_K, L)
-    if sched is not None:
-        K, source = sched.K, f"flags ({sched.label})"
-    elif meta is not None:
-        K = np.asarray(meta["K"], dtype=np.int64)
-        if K.shape != (L,):
-            raise EntropyCliffError(f"{path}: sidecar lists {K.size} codebook sizes for L = {L} positions")
-        sd = meta.get("schedule") or {}
-        source = "sidecar" + (f" ({Schedule.from_dict(sd, L).label})" if sd.get("kind") in KINDS[:-1] else "")
-    else:
-        K, source = None, "inferred (max token + 1; no sidecar or --schedule)"
-    m = measure(X, K, bootstrap=bootstrap, confidence=confidence, seed=seed, progress=False if quiet else None)
-    return {"path": path, "measurement": m, "K_source": source, "meta": meta}
-
-
-def _measure_report(run: dict[str, Any], delta: float, epsilon: float) -> dict[str, Any]:
-    m = run["measurement"]
-    bnd = theory.bound(m.N, m.K)
-    rem = theory.remaining_budget(m.N, m.K)
-    positions = []
-    for i in range(m.L):
-        p = {"t": i + 1, "K": int(m.K[i]), "H_cond": float(m.H_cond[i]), "H_cond_mm": float(m.H_cond_mm[i]),
-             "H_prefix": float(m.H_prefix[i]), "H_marginal": float(m.H_marginal[i]),
-             "utilization": float(m.utilization[i]), "groups": int(m.groups[i]),
-             "remaining_budget": float(rem[i]), "bound": float(bnd[i])}
-        if m.ci is not None:
-            p["H_cond_ci_low"], p["H_cond_ci_high"] = float(m.ci[i, 0]), float(m.ci[i, 1])
-        positions.append(p)
-    return {"file": str(run["path"]), "N": m.N, "L": m.L, "log2_N": m.log2_N,
-            "t_star_theory": theory.t_star(m.N, m.K), "t_star_budget": m.t_star_budget(delta),
-            "t_star_threshold": m.t_star_threshold(epsilon), "t_star_sustained": m.t_star_sustained(epsilon),
-            "delta": delta, "epsilon": epsilon,
-            "K_source": run["K_source"], "positions": positions}
-
-
-def _measure_text(rep: dict[str, Any]) -> str:
-    pos = rep["positions"]
-    N = rep["N"]
-    last = next((p["t"] for p in pos if p["groups"] == N), None)
+def _measure_text(rep) -> str:
+    """The per-position table of a :class:`entropy_cliff.report.MeasureReport`, for people."""
+    pos = rep.positions()
+    last = rep.first_distinct
     shown = pos if last is None else pos[: min(len(pos), last + 1)]
     cols = {"t": "t", "K": "K_t", "H_cond": "H_t", "H_cond_mm": "H_t MM", "H_prefix": "H(X<=t)",
             "remaining_budget": "log2N-C(t-1)", "bound": "bound", "H_marginal": "H(X_t)",
             "utilization": "util", "groups": "prefixes"}
-    if "H_cond_ci_low" in pos[0]:
-        cols |= {"H_cond_ci_low": "CI lo", "H_cond_ci_high": "CI hi"}
+    cols |= {k: k for k in pos[0] if k not in cols}  # bootstrap limits and columns added by other modules
     tail = (f"(every length-{last} prefix is distinct: H_t = 0 for all t > {last})"
             if last is not None and len(shown) < len(pos) else "")
     return "\n".join([
-        f"{rep['file']}: N = {N:,} sequences x L = {rep['L']} positions, log2 N = {rep['log2_N']:.2f} bits",
-        f"K_t: {rep['K_source']}",
-        f"t* theory (C(t) >= log2 N): {rep['t_star_theory']}   "
-        f"budget (log2 N - H(X<=t) <= {rep['delta']:g}): {rep['t_star_budget']}   "
-        f"threshold (H_t < {rep['epsilon']:g}): {rep['t_star_threshold']}   "
-        f"sustained (H_s < {rep['epsilon']:g} for all s >= t): {rep['t_star_sustained']}",
+        f"{rep.file or rep.label}: N = {rep.N:,} sequences x L = {rep.L} positions, log2 N = {rep.log2_N:.2f} bits",
+        f"K_t: {rep.K_source}",
+        f"t* theory (C(t) >= log2 N): {not_reached(rep.t_star_theory)}   "
+        f"budget (log2 N - H(X<=t) <= {rep.delta:g}): {not_reached(rep.t_star_budget)}   "
+        f"threshold (H_t < {rep.epsilon:g}): {not_reached(rep.t_star_threshold)}   "
+        f"sustained (H_s < {rep.epsilon:g} for all s >= t): {not_reached(rep.t_star_sustained)}"
+        f"   ({NOT_REACHED} = not reached within L)",
         "", _table(shown, cols), tail]).rstrip()
-
-
-def _entropy_curve(rep: dict[str, Any], run: dict[str, Any], label: str):
-    from entropy_cliff.plots import EntropyCurve
-    m = run["measurement"]
-    return EntropyCurve(label=label, H_cond=m.H_cond, remaining=theory.remaining_budget(m.N, m.K),
-                        log2_K=np.log2(m.K.astype(float)), t_star_theory=rep["t_star_theory"],
-                        t_star_empirical=rep["t_star_sustained"], ci=m.ci)
-
-
-def _label(run: dict[str, Any]) -> str:
-    sd = (run["meta"] or {}).get("schedule") or {}
-    L = run["measurement"].L
-    return Schedule.from_dict(sd, L).label if sd.get("kind") in KINDS[:-1] else Path(run["path"]).stem
 
 
 def measure_options(f):
@@ -402,13 +300,15 @@ def measure_options(f):
     f = click.option("--seed", type=int, default=0, show_default=True, help="bootstrap seed.")(f)
     f = click.option("--confidence", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.95,
                      show_default=True, help="bootstrap interval level.")(f)
-    f = click.option("--bootstrap", type=click.IntRange(min=0), default=0, show_default=True,
-                     help="B bootstrap resamples of the rows: basic (bias-corrected) intervals for H_t.")(f)
+    f = click.option("--bootstrap", callback=_count("--bootstrap", zero=True), metavar="COUNT", default="0",
+                     show_default=True, help="B bootstrap resamples of the rows: basic (bias-corrected) intervals "
+                     "for H_t (refused at once when B x N or B x L cannot fit this machine).")(f)
+    f = click.option("--symlog", is_flag=True, help="figure: symmetric-log y axis, to read the small H_t of the tail.")(f)
     f = click.option("--epsilon", type=click.FloatRange(min=0), default=0.5, show_default=True,
                      help="empirical t*: first t with H_t < epsilon bits (threshold), and first t after which every H_s < epsilon (sustained).")(f)
     f = click.option("--delta", type=click.FloatRange(min=0), default=0.5, show_default=True,
                      help="empirical t* (budget): first t with log2 N - H(X<=t) <= delta bits.")(f)
-    f = click.option("--K", "K", callback=_count("--K"), metavar="COUNT", help="uniform codebook size (checks every token < K).")(f)
+    f = click.option("--K", "K", callback=_count("--K", theory.MAX_CODEBOOK), metavar="COUNT", help="uniform codebook size (checks every token < K).")(f)
     f = schedule_options(f)
     f = click.option("--key", help="array name inside an .npz file.")(f)
     return f
@@ -421,36 +321,35 @@ def measure_options(f):
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="also write DIR/measure.json, DIR/measure.csv and DIR/entropy.png.")
 @format_option
-def measure(tokens, demo, key, kind, kmin, kmax, power, schedule_file, K, delta, epsilon, bootstrap, confidence,
-            seed, quiet, out, fmt):
+def measure(tokens, demo, key, kind, kmin, kmax, power, schedule_file, K, delta, epsilon, bootstrap, symlog,
+            confidence, seed, quiet, out, fmt):
     """Exact per-position conditional entropy H(X_t | X_<t) of a token corpus, and its t*.
 
     TOKENS is an (N, L) integer .npy (memory-mapped, may exceed RAM) or .npz (--key). K_t comes
     from --schedule/--K, else from the sidecar NAME.meta.json written by `vcq dump-tokens`, else
-    it is inferred as the largest token + 1. Every token is checked against its K_t.
+    it is inferred as the largest token + 1. Every token is checked against its K_t. Formulas:
+    docs/formulas.md; output fields: docs/output-fields.md.
 
     \b
     entropy-cliff measure tokens.npy
     entropy-cliff measure tokens.npy --schedule cosine --kmin 2 --kmax 1024 --out results/
     entropy-cliff measure --demo cosine --format json
     """
+    from entropy_cliff.io import prepare_output
+    from entropy_cliff.report import measure_corpus
+
     if (tokens is None) == (demo is None):
         raise EntropyCliffError("give one token file (TOKENS) or --demo NAME")
-    path = tokens if tokens is not None else _demo_path(demo)
-    flags = dict(kind=kind, kmin=kmin, kmax=kmax, power=power, schedule_file=schedule_file)
-    run = _load_measurement(path, key, flags, K, bootstrap, confidence, seed, quiet)
-    rep = _measure_report(run, delta, epsilon)
-    text = _measure_text(rep)
     if out is not None:
-        from entropy_cliff.io import atomic_paths
-        from entropy_cliff.plots import entropy_figure
-        fig = entropy_figure([_entropy_curve(rep, run, _label(run))], title=f"{Path(path).name}: entropy cliff")
-        with atomic_paths(out / "measure.json", out / "measure.csv", out / "entropy.png") as (tj, tc, tp):
-            tj.write_text(_json(rep) + "\n")
-            tc.write_text(_csv(rep["positions"]))
-            fig.savefig(tp, format="png", dpi=150)
+        prepare_output(out, "dir", keep=False)
+    rep = measure_corpus(tokens if tokens is not None else _demo_path(demo),
+                         schedule=dict(kind=kind, kmin=kmin, kmax=kmax, power=power, schedule_file=schedule_file),
+                         K=K, key=key, delta=delta, epsilon=epsilon, bootstrap=bootstrap, confidence=confidence,
+                         seed=seed, progress=False if quiet else None)
+    if out is not None:
+        rep.save(out, symlog=symlog)
         click.echo(f"wrote {out}/measure.json, measure.csv, entropy.png", err=True)
-    _emit(fmt, rep, rep["positions"], text)
+    _emit(fmt, rep.to_dict(), rep.csv_rows(), _measure_text(rep))
 
 
 @cli.command()
@@ -460,37 +359,39 @@ def measure(tokens, demo, key, kind, kmin, kmax, power, schedule_file, K, delta,
 @measure_options
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="write the figure here (PNG).")
 @format_option
-def compare(tokens, demo, labels, key, kind, kmin, kmax, power, schedule_file, K, delta, epsilon, bootstrap,
+def compare(tokens, demo, labels, key, kind, kmin, kmax, power, schedule_file, K, delta, epsilon, bootstrap, symlog,
             confidence, seed, quiet, out, fmt):
     """Several token dumps on one figure: per-position H_t and remaining budget (paper Fig. 2a).
 
+    Each dump's K_t is resolved on its own (flags, else its sidecar, else inferred) and the table
+    says which; a dump whose largest token grows with t but whose K_t is constant or inferred gets
+    a warning on stderr.
+
     \b
     entropy-cliff compare constant.npy cosine.npy --out fig2a.png
-    entropy-cliff compare --demo --out figures/demo_compare.png
+    entropy-cliff compare --demo --out demo-out/compare.png
     """
-    paths = list(tokens) + ([_demo_path(n) for n in DEMOS] if demo else [])
-    if not paths:
-        raise EntropyCliffError("give token files to compare (or --demo)")
-    if labels and len(labels) != len(paths):
-        raise EntropyCliffError(f"{len(labels)} --label values for {len(paths)} corpora")
-    flags = dict(kind=kind, kmin=kmin, kmax=kmax, power=power, schedule_file=schedule_file)
-    runs = [_load_measurement(p, key, flags, K, bootstrap, confidence, seed, quiet)
-            for p in paths]
-    reps = [_measure_report(r, delta, epsilon) for r in runs]
-    names = list(labels) if labels else [_label(r) for r in runs]
-    summary = [{"label": n, "file": r["file"], "N": r["N"], "L": r["L"], "log2_N": r["log2_N"],
-                "t_star_theory": r["t_star_theory"], "t_star_budget": r["t_star_budget"],
-                "t_star_threshold": r["t_star_threshold"], "t_star_sustained": r["t_star_sustained"]}
-               for n, r in zip(names, reps)]
+    from entropy_cliff.io import prepare_output
+    from entropy_cliff.report import compare_corpora
+
+    if out is not None:
+        prepare_output(out, "file", keep=False)
+    reps = compare_corpora(list(tokens) + ([_demo_path(n) for n in DEMOS] if demo else []), labels=list(labels) or None,
+                           schedule=dict(kind=kind, kmin=kmin, kmax=kmax, power=power, schedule_file=schedule_file),
+                           K=K, key=key, delta=delta, epsilon=epsilon, bootstrap=bootstrap, confidence=confidence,
+                           seed=seed, progress=False if quiet else None)
+    for w in (w for r in reps for w in r.warnings):
+        click.echo(f"{PROG}: warning: {w}", err=True)
     if out is not None:
         from entropy_cliff.plots import entropy_figure, save_figure
-        save_figure(entropy_figure([_entropy_curve(rep, run, n) for rep, run, n in zip(reps, runs, names)]), out)
+        save_figure(entropy_figure([r.entropy_curve() for r in reps], symlog=symlog), out)
         click.echo(f"wrote {out}", err=True)
+    summary = [r.summary() | {"K_source": str(r.K_source)} for r in reps]
     text = _table(summary, {"label": "corpus", "N": "N", "L": "L", "log2_N": "log2 N", "t_star_theory": "t* theory",
                             "t_star_budget": "t* budget", "t_star_threshold": "t* threshold",
-                            "t_star_sustained": "t* sustained"})
-    _emit(fmt, {"corpora": [dict(s, positions=r["positions"]) for s, r in zip(summary, reps)]},
-          [dict(p, corpus=s["label"]) for s, r in zip(summary, reps) for p in r["positions"]], text)
+                            "t_star_sustained": "t* sustained", "K_source": "K_t from"})
+    _emit(fmt, {"version": __version__, "corpora": [r.to_dict() for r in reps]},
+          [{"corpus": r.label} | row for r in reps for row in r.csv_rows()], text)
 
 
 # ---------------------------------------------------------------------------- assign
@@ -518,7 +419,7 @@ def assign(features, codebook, kind, kmin, kmax, power, schedule_file, out, use_
     feats, cb = load_array(features), load_array(codebook)
     if feats.ndim != 3 or cb.ndim != 2:
         raise EntropyCliffError(f"expected features (N, L, d) and codebook (K_max, d), got {feats.shape} and {cb.shape}")
-    sched = _schedule(kind, kmin, kmax if kmax is not None else cb.shape[0], feats.shape[1], power, schedule_file)
+    sched = schedule_from_options(kind, kmin, kmax if kmax is not None else cb.shape[0], feats.shape[1], power, schedule_file)
     if sched is None:
         raise EntropyCliffError("give --schedule KIND (with --kmax, default: the codebook size) or --schedule-file")
     if sched.kmax > cb.shape[0]:
@@ -532,13 +433,29 @@ def assign(features, codebook, kind, kmin, kmax, power, schedule_file, out, use_
 
 # ---------------------------------------------------------------------------- entry point
 
+def _interrupted(prog: str, e: BaseException) -> NoReturn:
+    """``PROG: interrupted[: MSG]`` and exit 130 (128 + SIGINT); a terminal's ``^C`` gets its own line."""
+    msg = ": ".join(str(a) for a in e.args if str(a))
+    lead = "\n" if sys.stderr.isatty() else ""
+    click.echo(f"{lead}{prog}: interrupted" + (f": {msg}" if msg else ""), err=True)
+    sys.exit(130)
+
+
 def run_one_line_errors(prog: str, invoke: Callable[[], Any]) -> NoReturn:
-    """Run a click entry point; usage errors and bad input become one stderr line and exit 2."""
+    """Run a click entry point; usage errors and bad input become one stderr line and exit 2.
+
+    Ctrl-C is one line, ``PROG: interrupted`` (``PROG: interrupted: MSG`` for
+    ``KeyboardInterrupt("MSG")``, e.g. the checkpoint step a resume continues from), and exit 130.
+    """
     try:
         rv = invoke()
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except (KeyboardInterrupt, Interrupted) as e:
+        _interrupted(prog, e)
+    except click.exceptions.Abort as e:
+        if isinstance(e.__cause__, KeyboardInterrupt):
+            _interrupted(prog, e.__cause__)
         click.echo(f"{prog}: aborted", err=True)
         sys.exit(1)
     except click.ClickException as e:

@@ -6,14 +6,20 @@ sidecar ``DIR/NAME.meta.json``::
     {"N": ..., "L": ..., "schedule": {"kind", "kmin", "kmax", "power"}, "K": [K_1..K_L],
      "source": {...}}
 
-and, when there are labels, ``DIR/labels.npy``. Corpora are opened memory-mapped and never copied
+and, when there are labels, ``DIR/NAME.labels.npy`` (older dumps: ``DIR/labels.npy``, still read
+through :func:`labels_path`). The sidecar is the authority on K_t: :func:`read_sidecar` refuses one
+whose N or L disagree with the array, whose K entries are not integers >= 1, or whose ``schedule``
+disagrees with its own K list. Corpora are opened memory-mapped and never copied
 whole, so dumps larger than RAM can be measured.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -26,6 +32,7 @@ import numpy as np
 from entropy_cliff.errors import EntropyCliffError
 
 SIDECAR_SUFFIX = ".meta.json"
+LABELS_SUFFIX = ".labels.npy"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -36,6 +43,58 @@ def sidecar_path(tokens_path: str | os.PathLike) -> Path:
     return p.with_name(p.name[: -len(p.suffix)] + SIDECAR_SUFFIX if p.suffix else p.name + SIDECAR_SUFFIX)
 
 
+def _stem(p: Path) -> str:
+    return p.name[: -len(p.suffix)] if p.suffix else p.name
+
+
+def labels_path(tokens_path: str | os.PathLike) -> Path:
+    """The labels of a dump: ``DIR/NAME.npy`` -> ``DIR/NAME.labels.npy``.
+
+    Falls back to the old shared name ``DIR/labels.npy`` when only that exists (dumps written before
+    labels followed their dump); otherwise returns the new name, existing or not.
+    """
+    p = Path(tokens_path)
+    new = p.with_name(_stem(p) + LABELS_SUFFIX)
+    old = p.with_name("labels.npy")
+    return old if not new.exists() and old.exists() else new
+
+
+def prepare_output(path: str | os.PathLike, kind: str = "file", *, keep: bool = True) -> Path:
+    """Check, before long work starts, that ``path`` can be written: create its parents (and, for
+    ``kind = "dir"``, the directory), then write and remove a probe file there.
+
+    A permission check is not enough (root passes it, then the write fails on a read-only mount).
+    With ``keep = False`` the directories created here are removed again, so a later failure leaves
+    nothing behind. Raises :class:`EntropyCliffError` naming the path.
+    """
+    if kind not in ("file", "dir"):
+        raise EntropyCliffError(f"prepare_output: kind must be 'file' or 'dir', got {kind!r}")
+    p = Path(path)
+    where = p if kind == "dir" else p.parent
+    if kind == "file" and p.is_dir():
+        raise EntropyCliffError(f"{p}: is a directory, expected a file path")
+    if kind == "dir" and p.exists() and not p.is_dir():
+        raise EntropyCliffError(f"{p}: exists and is not a directory")
+    created = [d for d in (where, *where.parents) if not d.exists()]
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe.", dir=where)
+        try:
+            os.write(fd, b"probe")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        raise EntropyCliffError(f"{p}: cannot write here ({e.strerror or e})") from None
+    finally:
+        if not keep:
+            for d in created:  # deepest first
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+    return p
+
+
 def smallest_uint_dtype(max_value: int) -> np.dtype:
     """The smallest unsigned integer dtype holding ``0..max_value``."""
     for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
@@ -44,7 +103,7 @@ def smallest_uint_dtype(max_value: int) -> np.dtype:
     raise EntropyCliffError(f"token value {max_value} does not fit in 64 bits")
 
 
-def _as_integer_corpus(arr: np.ndarray, name: str) -> np.ndarray:
+def as_corpus(arr: np.ndarray, name: str) -> np.ndarray:
     """Check rank, size and dtype; integral floats are converted (a copy), anything else refused."""
     if arr.dtype == object:
         raise EntropyCliffError(f"{name}: object arrays are not token corpora (save integers)")
@@ -119,11 +178,16 @@ def load_tokens(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
     or a non-integer dtype. Value checks (negative tokens, tokens >= K_t) need a pass over the data
     and are done by :func:`entropy_cliff.measure.measure`.
     """
-    return _as_integer_corpus(load_array(path, key), str(path))
+    return as_corpus(load_array(path, key), str(path))
 
 
-def read_sidecar(tokens_path: str | os.PathLike) -> dict[str, Any] | None:
-    """The sidecar of a token dump, or ``None`` when there is none."""
+def read_sidecar(tokens_path: str | os.PathLike, shape: tuple[int, int] | None = None) -> dict[str, Any] | None:
+    """The sidecar of a token dump, checked, or ``None`` when there is none.
+
+    Its ``K`` must list integers >= 1; a ``schedule`` of a named kind (not custom) must give back
+    exactly that ``K``; with ``shape = (N, L)`` of the array, its ``N`` and ``L`` (and ``len(K)``)
+    must match. Any disagreement raises :class:`EntropyCliffError` naming the file, field and value.
+    """
     sp = sidecar_path(tokens_path)
     if not sp.exists():
         return None
@@ -133,7 +197,35 @@ def read_sidecar(tokens_path: str | os.PathLike) -> dict[str, Any] | None:
         raise EntropyCliffError(f"{sp}: unreadable sidecar ({e})") from None
     if not isinstance(meta, dict) or "K" not in meta:
         raise EntropyCliffError(f"{sp}: sidecar lacks the per-position codebook sizes 'K'")
+    check_sidecar(meta, sp, shape)
     return meta
+
+
+def check_sidecar(meta: dict[str, Any], where: str | os.PathLike, shape: tuple[int, int] | None = None) -> None:
+    """Raise :class:`EntropyCliffError` if a sidecar contradicts itself or the array (see :func:`read_sidecar`)."""
+    from entropy_cliff.schedules import KINDS, Schedule
+
+    K = meta["K"]
+    if not isinstance(K, list) or not K:
+        raise EntropyCliffError(f"{where}: field 'K' must be a non-empty list of codebook sizes, got {K!r}")
+    for t, k in enumerate(K, start=1):
+        if isinstance(k, bool) or not isinstance(k, (int, float)) or k != k or (isinstance(k, float) and not k.is_integer()):
+            raise EntropyCliffError(f"{where}: field 'K' position {t}: {k!r} is not an integer codebook size")
+        if k < 1:
+            raise EntropyCliffError(f"{where}: field 'K' position {t}: {k!r} is below 1")
+    if shape is not None:
+        for field, value in (("N", shape[0]), ("L", shape[1])):
+            if field in meta and meta[field] != value:
+                raise EntropyCliffError(f"{where}: field '{field}' = {meta[field]!r} but the array has {field} = {value}")
+        if len(K) != shape[1]:
+            raise EntropyCliffError(f"{where}: field 'K' lists {len(K)} codebook sizes but the array has L = {shape[1]}")
+    sd = meta.get("schedule")
+    if isinstance(sd, dict) and sd.get("kind") in KINDS[:-1]:
+        expect = Schedule.from_dict(sd, len(K)).K.tolist()
+        if expect != [int(k) for k in K]:
+            t = next(i for i, (a, b) in enumerate(zip(expect, K)) if a != b)
+            raise EntropyCliffError(f"{where}: field 'schedule' = {json.dumps(sd)} gives K_{t + 1} = {expect[t]}, "
+                                    f"but field 'K' lists {K[t]!r}")
 
 
 @contextlib.contextmanager
@@ -167,6 +259,37 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
 
 
+def jsonable(x: Any) -> Any:
+    """JSON-safe values: numpy scalars/arrays to Python, NaN/inf to null (recursively)."""
+    if isinstance(x, dict):
+        return {k: jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return jsonable(x.tolist())
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def json_text(obj: Any) -> str:
+    """``obj`` as indented JSON (through :func:`jsonable`), without a trailing newline."""
+    return json.dumps(jsonable(obj), indent=2)
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """Rows as CSV: a header from the first row's keys, ``\n`` line ends, no trailing blank line."""
+    if not rows:
+        return ""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(jsonable(rows))
+    return buf.getvalue()
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
@@ -189,7 +312,7 @@ def save_tokens(
     source: dict[str, Any] | None = None,
     labels: np.ndarray | None = None,
 ) -> Path:
-    """Write a token dump: ``NAME.npy`` (smallest unsigned dtype), ``NAME.meta.json``, ``labels.npy``.
+    """Write a token dump: ``NAME.npy`` (smallest unsigned dtype), ``NAME.meta.json``, ``NAME.labels.npy``.
 
     ``K`` is the per-position codebook size; every token at position t must be < K_t.
     """
@@ -210,5 +333,5 @@ def save_tokens(
         labels = np.asarray(labels)
         if labels.shape != (tokens.shape[0],):
             raise EntropyCliffError(f"labels of shape {labels.shape} do not match N = {tokens.shape[0]}")
-        save_npy_atomic(p.parent / "labels.npy", labels.astype(smallest_uint_dtype(int(labels.max(initial=0)))))
+        save_npy_atomic(p.with_name(_stem(p) + LABELS_SUFFIX), labels.astype(smallest_uint_dtype(int(labels.max(initial=0)))))
     return p

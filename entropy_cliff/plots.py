@@ -7,6 +7,7 @@ theoretical t* marked.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,11 @@ from entropy_cliff.schedules import Schedule
 
 @dataclass(frozen=True)
 class EntropyCurve:
-    """One corpus on an entropy figure (arrays indexed by t - 1)."""
+    """One corpus on an entropy figure (arrays indexed by t - 1).
+
+    ``t_star_empirical`` is the sustained t* (first t after which every H_s < epsilon),
+    ``t_star_threshold`` the first t with H_t < epsilon, ``t_star_theory`` the first t with C(t) >= log2 N.
+    """
 
     label: str
     H_cond: np.ndarray
@@ -30,6 +35,7 @@ class EntropyCurve:
     t_star_theory: int | None = None
     t_star_empirical: int | None = None
     ci: np.ndarray | None = None
+    t_star_threshold: int | None = None
 
 
 def _positions_axis(ax, L: int) -> None:
@@ -39,50 +45,75 @@ def _positions_axis(ax, L: int) -> None:
     ax.set_xlabel("position t")
 
 
-def entropy_figure(curves: Sequence[EntropyCurve], title: str | None = None) -> Figure:
-    """H_t and R(t) per position for each corpus (Fig. 2a), plus log2 K_t on a second panel."""
+def entropy_figure(curves: Sequence[EntropyCurve], title: str | None = None, symlog: bool = False) -> Figure:
+    """H_t and R(t) per position for each corpus (Fig. 2a), plus log2 K_t on a second panel.
+
+    Markers name each t*: a filled circle for the sustained t*, an open square for the threshold t*,
+    a dotted vertical line for the theoretical t* (legend entries say which). ``symlog`` shows the
+    y axis linear below 0.1 bit and logarithmic above, so the small H_t of the tail stay readable.
+    The bootstrap band (``ci``) is drawn opaque enough to see, and the legends sit outside the data.
+    """
     colors = sns.color_palette("deep", max(len(curves), 1))
-    fig = Figure(figsize=(11, 4.4), layout="constrained")
+    fig = Figure(figsize=(12.5, 4.8 + 0.25 * max(0, len(curves) - 2)), layout="constrained")
     ax, ax_k = fig.subplots(1, 2, width_ratios=[2.2, 1])
     L = max(len(c.H_cond) for c in curves)
     for c, color in zip(curves, colors):
         t = np.arange(1, len(c.H_cond) + 1)
-        ax.plot(t, c.H_cond, color=color, lw=2, label=f"{c.label}: H(X_t | X_<t)")
         if c.ci is not None:
-            ax.fill_between(t, c.ci[:, 0], c.ci[:, 1], color=color, alpha=0.2, lw=0)
+            ax.fill_between(t, np.maximum(c.ci[:, 0], 0.0), c.ci[:, 1], color=color, alpha=0.35, lw=0,
+                            label=f"{c.label}: bootstrap interval")
+        ax.plot(t, c.H_cond, color=color, lw=2, label=f"{c.label}: H(X_t | X_<t)")
         ax.plot(t, c.remaining, color=color, lw=1.3, ls="--", label=f"{c.label}: log2 N - C(t-1)")
         if c.t_star_theory is not None:
-            ax.axvline(c.t_star_theory, color=color, lw=0.8, ls=":")
-            ax.text(c.t_star_theory, 0.97, f" t*={c.t_star_theory} (theory)", color=color, fontsize=8, va="top",
-                    transform=ax.get_xaxis_transform())
+            ax.axvline(c.t_star_theory, color=color, lw=1.0, ls=":", label=f"{c.label}: t* theory = {c.t_star_theory}")
+        if c.t_star_threshold is not None and c.t_star_threshold != c.t_star_empirical:
+            ax.plot([c.t_star_threshold], [c.H_cond[c.t_star_threshold - 1]], "s", mfc="none", mec=color, mew=1.5,
+                    ms=8, label=f"{c.label}: t* threshold = {c.t_star_threshold}")
         if c.t_star_empirical is not None:
-            ax.plot([c.t_star_empirical], [c.H_cond[c.t_star_empirical - 1]], "o", color=color, ms=6,
-                    label=f"{c.label}: measured t*={c.t_star_empirical}")
+            ax.plot([c.t_star_empirical], [c.H_cond[c.t_star_empirical - 1]], "o", color=color, ms=7,
+                    mec="black", mew=0.6, label=f"{c.label}: t* sustained = {c.t_star_empirical}")
         ax_k.plot(t, c.log2_K, color=color, lw=2, label=c.label)
     ax.axhline(0, color="0.3", lw=0.8)
-    top = max(float(np.max(c.remaining[:1])) for c in curves)
-    ax.set_ylim(-0.05 * top - 0.5, 1.08 * top + 0.5)
+    top = max(max(float(np.max(c.remaining[:1])), float(np.nanmax(c.H_cond))) for c in curves)
+    if symlog:
+        ax.set_yscale("symlog", linthresh=0.1, linscale=0.5)
+        ax.set_ylim(0, 1.3 * top)
+    else:
+        ax.set_ylim(-0.02 * top - 0.1, 1.05 * top + 0.3)
     _positions_axis(ax, L)
-    ax.set_ylabel("bits")
+    ax.set_ylabel("bits" + (" (symlog)" if symlog else ""))
     ax.set_title(title or "Per-position conditional entropy on the training set")
-    ax.legend(fontsize=7, loc="center right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.16), ncols=min(3, max(1, len(curves))),
+              frameon=False)
     ax.grid(alpha=0.3)
     _positions_axis(ax_k, L)
+    k_top = max(float(np.max(c.log2_K)) for c in curves)
+    ax_k.set_ylim(0, 1.1 * k_top + 0.5)
     ax_k.set_ylabel("log2 K_t (bits per position)")
     ax_k.set_title("codebook capacity per position")
+    ax_k.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.16), frameon=False)
     ax_k.grid(alpha=0.3)
     return fig
 
 
-def schedule_figure(schedules: Sequence[Schedule], log2_N: float | None = None) -> Figure:
-    """K_t (left) and cumulative capacity C(t) against log2 N (right) for several schedules."""
+def schedule_figure(schedules: Sequence[Schedule], N: int | None = None) -> Figure:
+    """K_t (left) and cumulative capacity C(t) against log2 N (right) for several schedules; with
+    ``N`` each schedule's t* = min{t : C(t) >= log2 N} is marked on the right panel."""
+    from entropy_cliff import theory
+
+    log2_N = math.log2(N) if N is not None else None
     colors = sns.color_palette("deep", max(len(schedules), 1))
-    fig = Figure(figsize=(10, 4), layout="constrained")
+    fig = Figure(figsize=(10, 4.4), layout="constrained")
     ax_k, ax_c = fig.subplots(1, 2)
     for s, color in zip(schedules, colors):
         t = np.arange(1, s.length + 1)
         ax_k.plot(t, s.K, color=color, lw=2, label=s.label)
         ax_c.plot(t, s.capacity, color=color, lw=2, label=s.label)
+        ts = theory.t_star(N, s.K) if N is not None else None
+        if ts is not None:
+            ax_c.plot([ts], [s.capacity[ts - 1]], "o", color=color, ms=7, mec="black", mew=0.6,
+                      label=f"{s.label}: t* = {ts}")
+            ax_c.axvline(ts, color=color, lw=0.8, ls=":")
     if log2_N is not None:
         ax_c.axhline(log2_N, color="0.2", ls="--", lw=1, label=f"log2 N = {log2_N:.1f}")
     ax_k.set_yscale("log", base=2)

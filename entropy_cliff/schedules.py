@@ -153,3 +153,22 @@ PAPER_TABLE2 = (("constant", 16384, 1.0), ("constant", 8192, 1.0), ("linear", 16
 def paper_table2(length: int = 256, kmin: int = 2) -> list[Schedule]:
     """The six schedules of Table 2 (a constant schedule has K_min = K_max)."""
     return [Schedule(kind, kmax if kind == "constant" else kmin, kmax, length, p) for kind, kmax, p in PAPER_TABLE2]
+
+
+def schedule_from_options(kind: str | None, kmin: int, kmax: int | None, length: int, power: float = 2.5,
+                          schedule_file: str | Path | None = None) -> Schedule | None:
+    """The schedule named by a command's options for ``length`` positions, or None when none is named.
+
+    A ``schedule_file`` (see :meth:`Schedule.from_file`) wins over ``kind``; it must list exactly
+    ``length`` sizes. A constant schedule uses ``kmax`` for every position.
+    """
+    if schedule_file:
+        s = Schedule.from_file(schedule_file)
+        if s.length != length:
+            raise EntropyCliffError(f"{schedule_file}: {s.length} codebook sizes for {length} positions")
+        return s
+    if kind is None:
+        return None
+    if kmax is None:
+        raise EntropyCliffError(f"schedule {kind!r} needs K_max (kmax)")
+    return Schedule(kind, kmax if kind == "constant" else kmin, kmax, length, power)

@@ -29,14 +29,20 @@ import numpy as np
 from entropy_cliff.errors import EntropyCliffError
 
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
-_COUNT = re.compile(r"^\s*(?P<num>[0-9._]+(?:[eE][+-]?[0-9]+)?)\s*(?P<suf>[kKmMbBgGtT]?)\s*$")
+#: Largest count accepted by :func:`parse_count` (beyond it floats overflow: log2 N, 2^C(t) / N).
+MAX_COUNT = 10**300
+#: Largest codebook size (a 64-bit signed integer).
+MAX_CODEBOOK = 2**63 - 1
+_THOUSANDS = re.compile(r"^\d{1,3}(,\d{3})+(\.\d*)?$")
+_COUNT = re.compile(r"^\s*(?P<num>[0-9._,]+(?:[eE][+-]?[0-9]+)?)\s*(?P<suf>[kKmMbBgGtT]?)\s*$")
 _POWER = re.compile(r"^\s*(?P<base>\d+)\s*(?:\^|\*\*)\s*(?P<exp>\d+)\s*(?:(?P<sign>[+-])\s*(?P<off>\d+))?\s*$")
 
 
-def parse_count(text: str | int | float, what: str = "N") -> int:
-    """Parse a positive whole count: ``1.28e6``, ``1280000``, ``400M``, ``5B``, ``50K``, ``2^28+1``.
+def parse_count(text: str | int | float, what: str = "N", maximum: int = MAX_COUNT) -> int:
+    """Parse a positive whole count: ``1.28e6``, ``1280000``, ``1,280,000``, ``400M``, ``5B``, ``50K``, ``2^28+1``.
 
-    Decimal mantissas are parsed exactly (``1.28e6`` is 1280000, not a float near it).
+    Decimal mantissas are parsed exactly (``1.28e6`` is 1280000, not a float near it). Commas must
+    group thousands. A count above ``maximum`` (default :data:`MAX_COUNT`) is refused.
     """
     if isinstance(text, bool):
         raise EntropyCliffError(f"{what}: expected a number, got {text!r}")
@@ -46,22 +52,37 @@ def parse_count(text: str | int | float, what: str = "N") -> int:
         s = str(text).strip()
         m = _POWER.match(s)
         if m:
-            value = int(m["base"]) ** int(m["exp"])
+            base, exp = int(m["base"]), int(m["exp"])
+            if base > 1 and exp * math.log2(base) > maximum.bit_length() + 1:
+                raise EntropyCliffError(f"{what}: {s!r} is out of range (at most {maximum:.3g})")
+            value = base**exp
             if m["off"]:
                 value += int(m["off"]) if m["sign"] == "+" else -int(m["off"])
         else:
             m = _COUNT.match(s)
             if not m:
                 raise EntropyCliffError(f"{what}: cannot parse {s!r} as a count (try 1.28e6, 1280000, 400M, 5B, 2^28)")
+            num = m["num"]
+            if "," in num:
+                if not _THOUSANDS.match(num.split("e")[0].split("E")[0]):
+                    raise EntropyCliffError(f"{what}: cannot parse {s!r}: commas must group thousands (1,280,000)")
+                num = num.replace(",", "")
+            if len(num) > 400:
+                raise EntropyCliffError(f"{what}: {s[:20]!r}... is out of range (at most {maximum:.3g})")
             try:
-                d = Decimal(m["num"].replace("_", "")) * _SUFFIX[m["suf"].upper()]
+                d = Decimal(num.replace("_", "")) * _SUFFIX[m["suf"].upper()]
             except InvalidOperation:
                 raise EntropyCliffError(f"{what}: cannot parse {s!r} as a count") from None
+            if d.adjusted() > len(str(maximum)):
+                raise EntropyCliffError(f"{what}: {s!r} is out of range (at most {maximum:.3g})")
             if d != d.to_integral_value():
                 raise EntropyCliffError(f"{what}: {s!r} is not a whole number")
             value = int(d)
     if value <= 0:
         raise EntropyCliffError(f"{what} must be positive, got {value}")
+    if value > maximum:
+        shown = f"{value:.3g}" if value.bit_length() < 1000 else f"2^{value.bit_length() - 1}+"
+        raise EntropyCliffError(f"{what}: {shown} is out of range (at most {maximum:.3g})")
     return value
 
 

@@ -4,6 +4,8 @@ import json
 import math
 
 import numpy as np
+
+import entropy_cliff
 import pytest
 
 from entropy_cliff import theory
@@ -95,7 +97,7 @@ def test_measure_json_reads_sidecar(capsys, dump):
     path, X, s = dump
     d = run_json(capsys, "measure", path)
     assert {"N", "L", "log2_N", "t_star_theory", "t_star_budget", "t_star_threshold", "positions"} <= set(d)
-    assert d["N"] == 400 and d["L"] == 6 and d["K_source"].startswith("sidecar")
+    assert d["N"] == 400 and d["L"] == 6 and d["K_source"]["kind"] == "sidecar" and d["version"] == entropy_cliff.__version__
     assert d["t_star_theory"] == theory.t_star(400, s.K)
     pos = d["positions"]
     assert [p["t"] for p in pos] == list(range(1, 7)) and [p["K"] for p in pos] == list(s.K)
@@ -115,7 +117,7 @@ def test_measure_out_writes_three_files(capsys, dump, tmp_path):
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "res").iterdir()) == ["entropy.png", "measure.csv", "measure.json"]
     assert json.loads((tmp_path / "res" / "measure.json").read_text())["N"] == 400
-    assert (tmp_path / "res" / "measure.csv").read_text().count("\n") == 7
+    assert (tmp_path / "res" / "measure.csv").read_text().count("\n") == 7 and not (tmp_path / "res" / "measure.csv").read_text().endswith("\n\n")
 
 
 def test_compare_figure(capsys, dump, tmp_path):

@@ -90,7 +90,7 @@ def test_save_tokens_round_trip(tmp_path):
     meta = io.read_sidecar(p)
     assert meta["K"] == K and meta["N"] == 50 and meta["L"] == 3 and meta["source"] == {"run": "x"}
     assert json.loads(io.sidecar_path(p).read_text()) == meta
-    assert np.array_equal(np.load(tmp_path / "labels.npy"), labels)
+    assert np.array_equal(np.load(tmp_path / "tok.labels.npy"), labels) and io.labels_path(p) == tmp_path / "tok.labels.npy"
     with pytest.raises(EntropyCliffError, match="out of range"):
         io.save_tokens(tmp_path / "bad.npy", tokens, [2, 16, 100], {"kind": "custom"})
     assert not (tmp_path / "bad.npy").exists()

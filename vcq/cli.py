@@ -13,12 +13,13 @@ from typing import Any
 
 import click
 
-from entropy_cliff.cli import run_one_line_errors
+from entropy_cliff import __version__
+from entropy_cliff.cli import OneLineGroup, run_one_line_errors
 from entropy_cliff.errors import EntropyCliffError
 from entropy_cliff.schedules import KINDS
 
 
-class Group(click.Group):
+class Group(OneLineGroup):
     """A click group whose bad input (:class:`EntropyCliffError` or a usage error) is one stderr line
     and exit status 2."""
 
@@ -28,6 +29,7 @@ class Group(click.Group):
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="vcq")
 def main() -> None:
     """VCQ tokenizers and AR models (PyTorch side of entropy-cliff).
 
@@ -266,16 +268,17 @@ def train_ar_cmd(tokens, labels, val_tokens, val_labels, val_fraction, preset, o
     """
     import json
 
+    from entropy_cliff.io import labels_path
     from vcq.train import read_config
     from vcq.train_ar import train_ar
 
     given = _flag_values(AR_FLAGS, kwargs)
-    labels = labels or str(Path(tokens).parent / "labels.npy")
+    labels = labels or str(labels_path(tokens))
     data = {"tokens": str(tokens), "labels": str(labels)}
     if val_fraction is not None:
         data["val_fraction"] = val_fraction
     if val_tokens:
-        data.update(val_tokens=str(val_tokens), val_labels=str(val_labels or Path(val_tokens).parent / "labels.npy"))
+        data.update(val_tokens=str(val_tokens), val_labels=str(val_labels or labels_path(val_tokens)))
     if resume:  # the saved config with the flags given; the loop refuses any change that matters
         saved = read_config(out)
         config = {**saved, "data": {**saved.get("data", {}), **data},

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from entropy_cliff.errors import EntropyCliffError
+from entropy_cliff import io as entropy_cliff_io
 from entropy_cliff.io import load_tokens, read_sidecar, write_json_atomic
 from vcq.ar import ARTransformer, next_token_loss
 from vcq.presets import ARConfig, TrainConfig, to_dict
@@ -72,7 +73,7 @@ def load_token_dump(tokens_path: str | Path, labels_path: str | Path | None = No
     if len(K) != tokens.shape[1]:
         raise EntropyCliffError(f"{tokens_path}: sidecar lists {len(K)} codebook sizes for L = {tokens.shape[1]}")
     check_tokens_fit(tokens, K, str(tokens_path))
-    lp = Path(labels_path) if labels_path is not None else Path(tokens_path).parent / "labels.npy"
+    lp = Path(labels_path) if labels_path is not None else entropy_cliff_io.labels_path(tokens_path)
     return TokenDump(np.asarray(tokens), load_labels(lp, len(tokens)), K, meta.get("schedule"), str(tokens_path))
 
 
