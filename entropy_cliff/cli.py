@@ -192,7 +192,7 @@ def predict(N, K, kind, kmin, kmax, power, schedule_file, length, utilization, d
     text = "\n".join([
         f"N = {N:,} training sequences (log2 N = {log2_N:.2f} bits); {sched.label}, L = {length}"
         + (f", utilization u = {utilization:g}" if utilization != 1 else ""),
-        f"t* = {ts if ts is not None else f'beyond L = {length} (C(L) < log2 N)'}"
+        f"t* = {ts if ts is not None else f'{NOT_REACHED} (not reached within L = {length}: C(L) < log2 N)'}"
         "   (first t with C(t) >= log2 N: from there on the training set's conditional entropy is 0)",
         "",
         _table(shown, {"t": "t", "K": "K_t", "log2_K": "log2 K_t", "capacity": "C(t)",

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from entropy_cliff.io import atomic_path
 from entropy_cliff.schedules import Schedule
@@ -50,41 +52,52 @@ def entropy_figure(curves: Sequence[EntropyCurve], title: str | None = None, sym
 
     Markers name each t*: a filled circle for the sustained t*, an open square for the threshold t*,
     a dotted vertical line for the theoretical t* (legend entries say which). ``symlog`` shows the
-    y axis linear below 0.1 bit and logarithmic above, so the small H_t of the tail stay readable.
+    y axis linear below 0.01 bit and logarithmic above, so the small H_t of the tail stay readable.
     The bootstrap band (``ci``) is drawn opaque enough to see, and the legends sit outside the data.
     """
     colors = sns.color_palette("deep", max(len(curves), 1))
     fig = Figure(figsize=(12.5, 4.8 + 0.25 * max(0, len(curves) - 2)), layout="constrained")
     ax, ax_k = fig.subplots(1, 2, width_ratios=[2.2, 1])
     L = max(len(c.H_cond) for c in curves)
+    corpus_handles = []
     for c, color in zip(curves, colors):
         t = np.arange(1, len(c.H_cond) + 1)
         if c.ci is not None:
-            ax.fill_between(t, np.maximum(c.ci[:, 0], 0.0), c.ci[:, 1], color=color, alpha=0.35, lw=0,
-                            label=f"{c.label}: bootstrap interval")
-        ax.plot(t, c.H_cond, color=color, lw=2, label=f"{c.label}: H(X_t | X_<t)")
-        ax.plot(t, c.remaining, color=color, lw=1.3, ls="--", label=f"{c.label}: log2 N - C(t-1)")
+            ax.fill_between(t, np.maximum(c.ci[:, 0], 0.0), c.ci[:, 1], color=color, alpha=0.35, lw=0)
+        ax.plot(t, c.H_cond, color=color, lw=2)
+        ax.plot(t, c.remaining, color=color, lw=1.3, ls="--")
         if c.t_star_theory is not None:
-            ax.axvline(c.t_star_theory, color=color, lw=1.0, ls=":", label=f"{c.label}: t* theory = {c.t_star_theory}")
+            ax.axvline(c.t_star_theory, color=color, lw=1.0, ls=":")
         if c.t_star_threshold is not None and c.t_star_threshold != c.t_star_empirical:
-            ax.plot([c.t_star_threshold], [c.H_cond[c.t_star_threshold - 1]], "s", mfc="none", mec=color, mew=1.5,
-                    ms=8, label=f"{c.label}: t* threshold = {c.t_star_threshold}")
+            ax.plot([c.t_star_threshold], [c.H_cond[c.t_star_threshold - 1]], "s", mfc="none", mec=color, mew=1.5, ms=8)
         if c.t_star_empirical is not None:
-            ax.plot([c.t_star_empirical], [c.H_cond[c.t_star_empirical - 1]], "o", color=color, ms=7,
-                    mec="black", mew=0.6, label=f"{c.label}: t* sustained = {c.t_star_empirical}")
+            ax.plot([c.t_star_empirical], [c.H_cond[c.t_star_empirical - 1]], "o", color=color, ms=7, mec="black", mew=0.6)
+        stars = ", ".join(f"{name} {'-' if v is None else v}" for name, v in
+                          (("sustained", c.t_star_empirical), ("threshold", c.t_star_threshold), ("theory", c.t_star_theory)))
+        corpus_handles.append(Line2D([], [], color=color, lw=2, label=f"{c.label}  (t*: {stars})"))
         ax_k.plot(t, c.log2_K, color=color, lw=2, label=c.label)
+    style_handles = [Line2D([], [], color="0.3", lw=2, label="H(X_t | X_<t), measured"),
+                     Line2D([], [], color="0.3", lw=1.3, ls="--", label="log2 N - C(t-1), theory"),
+                     Line2D([], [], color="0.3", lw=1.0, ls=":", label="t* theory: C(t) >= log2 N"),
+                     Line2D([], [], color="0.3", marker="o", ls="", mec="black", mew=0.6, label="t* sustained: H_s < eps for all s >= t"),
+                     Line2D([], [], color="0.3", marker="s", ls="", mfc="none", mew=1.5, label="t* threshold: first H_t < eps")]
+    if any(c.ci is not None for c in curves):
+        style_handles.append(Patch(color="0.3", alpha=0.35, lw=0, label="bootstrap interval of H_t"))
     ax.axhline(0, color="0.3", lw=0.8)
     top = max(max(float(np.max(c.remaining[:1])), float(np.nanmax(c.H_cond))) for c in curves)
     if symlog:
-        ax.set_yscale("symlog", linthresh=0.1, linscale=0.5)
+        ax.set_yscale("symlog", linthresh=0.01, linscale=0.5)
         ax.set_ylim(0, 1.3 * top)
     else:
         ax.set_ylim(-0.02 * top - 0.1, 1.05 * top + 0.3)
     _positions_axis(ax, L)
     ax.set_ylabel("bits" + (" (symlog)" if symlog else ""))
     ax.set_title(title or "Per-position conditional entropy on the training set")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.16), ncols=min(3, max(1, len(curves))),
-              frameon=False)
+    leg = ax.legend(handles=corpus_handles, fontsize=7.5, loc="upper left", bbox_to_anchor=(0.0, -0.14),
+                    frameon=False, title="corpus", title_fontsize=8)
+    ax.add_artist(leg)
+    ax.legend(handles=style_handles, fontsize=7.5, loc="upper right", bbox_to_anchor=(1.0, -0.14), frameon=False,
+              title="lines and markers", title_fontsize=8)
     ax.grid(alpha=0.3)
     _positions_axis(ax_k, L)
     k_top = max(float(np.max(c.log2_K)) for c in curves)
@@ -103,12 +116,12 @@ def schedule_figure(schedules: Sequence[Schedule], N: int | None = None) -> Figu
 
     log2_N = math.log2(N) if N is not None else None
     colors = sns.color_palette("deep", max(len(schedules), 1))
-    fig = Figure(figsize=(10, 4.4), layout="constrained")
+    fig = Figure(figsize=(10, 5.2), layout="constrained")
     ax_k, ax_c = fig.subplots(1, 2)
     for s, color in zip(schedules, colors):
         t = np.arange(1, s.length + 1)
         ax_k.plot(t, s.K, color=color, lw=2, label=s.label)
-        ax_c.plot(t, s.capacity, color=color, lw=2, label=s.label)
+        ax_c.plot(t, s.capacity, color=color, lw=2)
         ts = theory.t_star(N, s.K) if N is not None else None
         if ts is not None:
             ax_c.plot([ts], [s.capacity[ts - 1]], "o", color=color, ms=7, mec="black", mew=0.6,
@@ -125,7 +138,8 @@ def schedule_figure(schedules: Sequence[Schedule], N: int | None = None) -> Figu
     for a in (ax_k, ax_c):
         _positions_axis(a, L)
         a.grid(alpha=0.3)
-        a.legend(fontsize=7)
+    ax_k.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.14), frameon=False, ncols=2)
+    ax_c.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.14), frameon=False, ncols=2)
     if log2_N is not None:
         ax_c.set_ylim(0, 3 * log2_N)
     return fig

@@ -207,3 +207,140 @@ def test_unwritable_out_is_one_line(capsys, dump, tmp_path):
     blocker.write_text("not a directory")
     code, out, err = run(capsys, "measure", path, "--out", blocker / "res")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err and out == ""
+
+
+# ---------------------------------------------------------------------------- issue 10: everyday paths
+
+def test_version_on_both_clis(capsys):
+    from vcq.cli import main as vcq_main
+
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.strip() == f"entropy-cliff, version {entropy_cliff.__version__}"
+    with pytest.raises(SystemExit) as e:
+        vcq_main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"vcq, version {entropy_cliff.__version__}"
+
+
+@pytest.mark.parametrize(("n", "ts"), [("1,280,000", 2), ("1,280,000,000", 3)])
+def test_n_with_thousands_separators(capsys, n, ts):
+    d = run_json(capsys, "predict", "--N", n, "--K", "16384")
+    assert d["t_star"] == ts and d["N"] == int(n.replace(",", ""))
+
+
+@pytest.mark.parametrize("argv", [["predict", "--N", "1e400", "--K", "16"], ["predict", "--N", "2^5000", "--K", "16"],
+                                  ["predict", "--N", "1e6", "--K", "1e30"], ["predict", "--N", "12,80,000", "--K", "16"]])
+def test_out_of_range_numbers_are_one_line(capsys, argv):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert argv[2] in err or argv[4] in err
+
+
+def test_impossible_bootstrap_is_refused_at_once(capsys, dump, tmp_path):
+    path, _, _ = dump
+    code, out, err = run(capsys, "measure", path, "--bootstrap", "1e11", "--out", tmp_path / "res")
+    assert code == 2 and "bootstrap: B = 100,000,000,000" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "res").exists()
+
+
+def test_measure_csv_carries_file_n_and_t_stars(capsys, dump):
+    path, X, s = dump
+    code, out, _ = run(capsys, "measure", path, "--format", "csv")
+    lines = out.split("\n")
+    assert code == 0 and lines[-1] == "" and lines[-2] != "" and len(lines) == 8  # header, 6 rows, final newline
+    head = lines[0].split(",")
+    assert head[:6] == ["file", "N", "t_star_theory", "t_star_budget", "t_star_threshold", "t_star_sustained"]
+    first = dict(zip(head, lines[1].split(",")))
+    assert first["file"] == str(path) and first["N"] == "400" and first["t_star_theory"] == str(theory.t_star(400, s.K))
+
+
+def test_not_reached_is_one_symbol(capsys, tmp_path):
+    X = np.repeat(np.arange(4)[:, None], 3, axis=1).repeat(50, axis=0)  # 4 distinct rows x 50: H_t never hits 0
+    p = save_tokens(tmp_path / "rep.npy", X, [1024] * 3, {"kind": "constant", "kmin": 1024, "kmax": 1024, "power": None})
+    d = run_json(capsys, "measure", p)
+    assert d["t_star_theory"] == 1 and d["t_star_budget"] is None
+    code, out, _ = run(capsys, "measure", p)
+    assert "budget (log2 N - H(X<=t) <= 0.5): -   " in out and "None" not in out
+    code, out, _ = run(capsys, "predict", "--N", "1e9", "--schedule", "linear", "--kmin", "2", "--kmax", "4", "--length", "3")
+    assert "None" not in out and "t* = -" in out
+
+
+def test_compare_reports_k_source_and_warns(capsys, dump, tmp_path):
+    path, X, s = dump
+    np.save(tmp_path / "bare.npy", X)
+    code, out, err = run(capsys, "compare", path, tmp_path / "bare.npy")
+    assert code == 0 and "sidecar (tok.meta.json" in out and "inferred (largest token + 1" in out
+    warns = [line for line in err.splitlines() if "warning" in line]
+    assert len(warns) == 1 and "bare.npy" in warns[0]
+    d = run_json(capsys, "compare", path, tmp_path / "bare.npy")
+    assert [c["K_source"]["kind"] for c in d["corpora"]] == ["sidecar", "inferred"]
+
+
+def test_output_checked_before_work(capsys, dump, tmp_path, monkeypatch):
+    """An unwritable --out fails before the measurement starts."""
+    import entropy_cliff.report as report
+
+    path, _, _ = dump
+    called = []
+    monkeypatch.setattr(report, "measure_corpus", lambda *a, **k: called.append(1))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run(capsys, "measure", path, "--out", blocker / "res")
+    assert code == 2 and str(blocker / "res") in err and called == []
+    code, _, err = run(capsys, "compare", path, "--out", blocker / "f.png")
+    assert code == 2 and str(blocker) in err and called == []
+
+
+@pytest.mark.parametrize(("exc", "line"), [(KeyboardInterrupt(), "entropy-cliff: interrupted"),
+                                            (KeyboardInterrupt("checkpoint at step 300 (resume with --resume)"),
+                                             "entropy-cliff: interrupted: checkpoint at step 300 (resume with --resume)")])
+def test_ctrl_c_is_one_line_exit_130(capsys, dump, monkeypatch, exc, line):
+    import entropy_cliff.report as report
+
+    def interrupt(*a, **k):
+        raise exc
+
+    monkeypatch.setattr(report, "measure_corpus", interrupt)
+    code, out, err = run(capsys, "measure", dump[0])
+    assert code == 130 and err == line + "\n" and out == ""
+
+
+def test_ctrl_c_in_vcq_is_one_line_exit_130(capsys, monkeypatch):
+    import click
+
+    from vcq.cli import main as vcq_main
+
+    @vcq_main.command("boom-test")
+    def boom():
+        raise KeyboardInterrupt("checkpoint at step 7")
+
+    try:
+        with pytest.raises(SystemExit) as e:
+            vcq_main(["boom-test"])
+        assert e.value.code == 130 and capsys.readouterr().err == "vcq: interrupted: checkpoint at step 7\n"
+    finally:
+        vcq_main.commands.pop("boom-test")
+    assert isinstance(vcq_main, click.Group)
+
+
+def test_runner_handles_abort_from_keyboard_interrupt(capsys):
+    import click
+
+    from entropy_cliff.cli import run_one_line_errors
+
+    def invoke():
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            raise click.exceptions.Abort() from e
+
+    with pytest.raises(SystemExit) as e:
+        run_one_line_errors("prog", invoke)
+    assert e.value.code == 130 and capsys.readouterr().err == "prog: interrupted\n"
+
+
+def test_figure_options(capsys, dump, tmp_path):
+    path, _, _ = dump
+    code, _, err = run(capsys, "compare", path, path, path, path, "--label", "a", "--label", "b", "--label", "c",
+                       "--label", "d", "--symlog", "--bootstrap", "3", "--out", tmp_path / "f.png")
+    assert code == 0, err
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"

@@ -100,3 +100,90 @@ def test_smallest_uint_dtype():
     assert io.smallest_uint_dtype(255) == np.uint8
     assert io.smallest_uint_dtype(256) == np.uint16
     assert io.smallest_uint_dtype(2**32) == np.uint64
+
+
+def _dump(tmp_path, name="d.npy"):
+    from entropy_cliff.schedules import Schedule
+
+    s = Schedule("linear", 2, 16, 4)
+    X = np.stack([np.arange(20) % k for k in s.K], axis=1)
+    return io.save_tokens(tmp_path / name, X, s.K, s.to_dict()), X
+
+
+@pytest.mark.parametrize(("field", "value", "msg"), [
+    ("N", 19, "field 'N' = 19 but the array has N = 20"),
+    ("L", 5, "field 'L' = 5 but the array has L = 4"),
+    ("K", [2, 6.5, 11, 16], "position 2: 6.5 is not an integer"),
+    ("K", [2, "x", 11, 16], "position 2: 'x' is not an integer"),
+    ("K", [2, 0, 11, 16], "position 2: 0 is below 1"),
+    ("K", [2, 7, 11, 16, 16], "lists 5 codebook sizes but the array has L = 4"),
+    ("K", [2, 7, 12, 16], "field 'schedule'"),
+    ("schedule", {"kind": "cosine", "kmin": 2, "kmax": 16, "power": None}, "gives K_2 = "),
+])
+def test_sidecar_contradictions_name_file_field_value(tmp_path, field, value, msg):
+    p, X = _dump(tmp_path)
+    meta = json.loads(io.sidecar_path(p).read_text())
+    meta[field] = value
+    io.sidecar_path(p).write_text(json.dumps(meta))
+    with pytest.raises(EntropyCliffError, match="d.meta.json") as e:
+        io.read_sidecar(p, X.shape)
+    assert msg in str(e.value)
+
+
+def test_sidecar_integral_floats_pass(tmp_path):
+    p, X = _dump(tmp_path)
+    meta = json.loads(io.sidecar_path(p).read_text())
+    meta["K"] = [float(k) for k in meta["K"]]
+    io.sidecar_path(p).write_text(json.dumps(meta))
+    assert io.read_sidecar(p, X.shape)["K"] == [2.0, 7.0, 11.0, 16.0]
+
+
+def test_labels_path_new_name_and_fallback(tmp_path):
+    p = tmp_path / "train.npy"
+    assert io.labels_path(p) == tmp_path / "train.labels.npy"
+    np.save(tmp_path / "labels.npy", np.zeros(3))
+    assert io.labels_path(p) == tmp_path / "labels.npy"  # only the old name exists
+    np.save(tmp_path / "train.labels.npy", np.zeros(3))
+    assert io.labels_path(p) == tmp_path / "train.labels.npy"
+
+
+def test_two_splits_keep_their_labels(tmp_path):
+    X = np.zeros((4, 2), np.int64)
+    io.save_tokens(tmp_path / "train.npy", X, [2, 2], {"kind": "custom"}, labels=np.array([0, 1, 2, 3]))
+    io.save_tokens(tmp_path / "val.npy", X, [2, 2], {"kind": "custom"}, labels=np.array([3, 3, 3, 3]))
+    assert np.load(io.labels_path(tmp_path / "train.npy")).tolist() == [0, 1, 2, 3]
+    assert np.load(io.labels_path(tmp_path / "val.npy")).tolist() == [3, 3, 3, 3]
+
+
+def test_prepare_output(tmp_path):
+    d = io.prepare_output(tmp_path / "a" / "b" / "run", "dir")
+    assert d.is_dir() and list(d.iterdir()) == []
+    f = io.prepare_output(tmp_path / "x" / "y" / "fig.png", "file")
+    assert f.parent.is_dir() and not f.exists()
+    io.prepare_output(tmp_path / "gone" / "deeper", "dir", keep=False)
+    assert not (tmp_path / "gone").exists()
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    with pytest.raises(EntropyCliffError, match="blocker"):
+        io.prepare_output(blocker / "out", "dir")
+    with pytest.raises(EntropyCliffError, match="is a directory"):
+        io.prepare_output(tmp_path, "file")
+
+
+def test_prepare_output_read_only_mount(tmp_path, monkeypatch):
+    """Root passes permission checks; the probe write is what fails on a read-only file system."""
+    import errno
+    import os as _os
+
+    def refuse(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(io.tempfile, "mkstemp", refuse)
+    with pytest.raises(EntropyCliffError, match="Read-only file system") as e:
+        io.prepare_output(tmp_path / "ro" / "out", "dir", keep=False)
+    assert "ro/out" in str(e.value) and not (tmp_path / "ro").exists()
+    assert _os.access(tmp_path, _os.W_OK)
+
+
+def test_csv_text_has_no_blank_last_line():
+    assert io.csv_text([{"a": 1, "b": float("nan")}, {"a": 2, "b": 0.5}]) == "a,b\n1,\n2,0.5\n"

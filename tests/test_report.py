@@ -1,0 +1,124 @@
+"""entropy_cliff.report: K_t resolution, the report's JSON/CSV/tables, extension points, refusals."""
+
+import json
+
+import numpy as np
+import pytest
+
+import entropy_cliff
+from entropy_cliff import theory
+from entropy_cliff.errors import EntropyCliffError
+from entropy_cliff.io import save_tokens
+from entropy_cliff.report import (SPEC_COLUMNS, check_bootstrap_fits, compare_corpora, looks_variable,
+                                  measure_corpus, resolve_K)
+from entropy_cliff.schedules import Schedule
+
+
+@pytest.fixture
+def cosine_dump(tmp_path):
+    rng = np.random.default_rng(3)
+    s = Schedule("cosine", 2, 256, 8)
+    X = np.stack([rng.integers(0, k, 500) for k in s.K], axis=1)
+    return save_tokens(tmp_path / "cos.npy", X, s.K, s.to_dict()), X, s
+
+
+def brute_H_prefix(X):
+    out = []
+    for t in range(1, X.shape[1] + 1):
+        _, c = np.unique(X[:, :t], axis=0, return_counts=True)
+        p = c / c.sum()
+        out.append(float(-(p * np.log2(p)).sum()))
+    return np.array(out)
+
+
+def test_k_resolution_order(cosine_dump):
+    path, X, s = cosine_dump
+    K, src, sched = resolve_K(path, X.shape)
+    assert src.kind == "sidecar" and sched == s and K.tolist() == s.K.tolist()
+    K, src, sched = resolve_K(path, X.shape, K=300)
+    assert src.kind == "flags" and K.tolist() == [300] * 8
+    K, src, _ = resolve_K(path, X.shape, schedule=dict(kind="linear", kmin=2, kmax=256, power=2.5, schedule_file=None))
+    assert src.kind == "flags" and K.tolist() == Schedule("linear", 2, 256, 8).K.tolist()
+    K, src, _ = resolve_K(path, X.shape, schedule=dict(kind=None, kmin=2, kmax=None, power=2.5, schedule_file=None))
+    assert src.kind == "sidecar"
+    K, src, sched = resolve_K(None, X.shape)
+    assert K is None and src.kind == "inferred" and sched is None
+    with pytest.raises(EntropyCliffError, match="not both"):
+        resolve_K(path, X.shape, K=300, schedule=s)
+
+
+def test_report_json_keeps_reference_fields_and_values(cosine_dump):
+    path, X, s = cosine_dump
+    rep = measure_corpus(path, progress=False)
+    d = json.loads(rep.to_json())
+    assert {"N", "L", "log2_N", "t_star_theory", "t_star_budget", "t_star_threshold", "positions"} <= set(d)
+    assert d["version"] == entropy_cliff.__version__
+    assert d["schedule"] == {"kind": "cosine", "kmin": 2, "kmax": 256, "power": None}
+    assert d["K_source"]["kind"] == "sidecar" and "cos.meta.json" in d["K_source"]["detail"]
+    assert d["bootstrap"] is None and d["N"] == 500 and d["L"] == 8
+    assert d["t_star_theory"] == theory.t_star(500, s.K)
+    assert [list(p)[:8] for p in d["positions"]] == [list(SPEC_COLUMNS)] * 8
+    H = brute_H_prefix(X)
+    assert [p["H_prefix"] for p in d["positions"]] == pytest.approx(H, abs=1e-9)
+    assert [p["H_cond"] for p in d["positions"]] == pytest.approx(np.diff(H, prepend=0.0), abs=1e-9)
+
+
+def test_report_tables_agree(cosine_dump):
+    path, _, _ = cosine_dump
+    rep = measure_corpus(path, progress=False, bootstrap=5, seed=1)
+    assert rep.bootstrap == {"B": 5, "level": 0.95, "seed": 1}
+    pdf, pldf = rep.to_pandas(), rep.to_polars()
+    assert list(pdf.columns) == list(pldf.columns) and list(pdf.columns)[:8] == list(SPEC_COLUMNS)
+    assert "H_cond_ci_low" in pdf.columns
+    np.testing.assert_allclose(pdf["H_cond"], rep.measurement.H_cond)
+    np.testing.assert_allclose(pldf["H_prefix"].to_numpy(), rep.measurement.H_prefix)
+    rows = rep.csv_rows()
+    assert list(rows[0])[:6] == ["file", "N", "t_star_theory", "t_star_budget", "t_star_threshold", "t_star_sustained"]
+    assert rows[3]["t"] == 4 and rows[3]["file"] == str(path)
+    text = rep.to_csv()
+    assert text.count("\n") == 9 and not text.endswith("\n\n")
+
+
+def test_extension_points(cosine_dump):
+    path, _, _ = cosine_dump
+    rep = measure_corpus(path, progress=False)
+    rep.add_field("engine", {"name": "numba", "workers": 1})
+    rep.add_column("H_cond_pop", rep.measurement.H_cond_mm + 1.0)
+    d = rep.to_dict()
+    assert d["engine"] == {"name": "numba", "workers": 1}
+    assert [p["H_cond_pop"] for p in d["positions"]] == pytest.approx(rep.measurement.H_cond_mm + 1.0)
+    assert "H_cond_pop" in rep.to_pandas().columns and "H_cond_pop" in rep.csv_rows()[0]
+    with pytest.raises(EntropyCliffError, match="core"):
+        rep.add_field("N", 3)
+    with pytest.raises(EntropyCliffError, match="core"):
+        rep.add_column("H_cond", np.zeros(8))
+    with pytest.raises(EntropyCliffError, match="expected 8 values"):
+        rep.add_column("x", np.zeros(7))
+
+
+def test_array_source_is_inferred():
+    X = np.array([[0, 1], [1, 1], [2, 0], [2, 1]])
+    rep = measure_corpus(X, progress=False)
+    assert rep.file is None and rep.K_source.kind == "inferred" and rep.K.tolist() == [3, 3]
+    assert rep.to_dict()["schedule"] is None
+
+
+def test_compare_warns_when_a_variable_dump_is_taken_as_constant(tmp_path, cosine_dump):
+    path, X, _ = cosine_dump
+    bare = tmp_path / "bare.npy"
+    np.save(bare, X)  # no sidecar: K_t inferred
+    reps = compare_corpora([path, bare], labels=["with sidecar", "bare"], progress=False)
+    assert reps[0].warnings == [] and reps[0].label == "with sidecar"
+    assert len(reps[1].warnings) == 1 and "largest token grows" in reps[1].warnings[0]
+    assert reps[1].K_source.kind == "inferred"
+    assert looks_variable(X) and not looks_variable(np.random.default_rng(0).integers(0, 256, (500, 8)))
+    with pytest.raises(EntropyCliffError, match="1 labels for 2"):
+        compare_corpora([path, bare], labels=["x"])
+
+
+def test_bootstrap_size_refusals():
+    check_bootstrap_fits(200, 1_280_000, 256, memory_bytes=16 << 30)  # the usual request fits
+    with pytest.raises(EntropyCliffError, match="TiB"):
+        check_bootstrap_fits(10**11, 400, 256, memory_bytes=16 << 30)
+    with pytest.raises(EntropyCliffError, match="draw"):
+        check_bootstrap_fits(10**7, 1_280_000, 2, memory_bytes=16 << 30)
