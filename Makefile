@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(EC) predict --N 1.28e6 --K 16384
-	$(EC) compare --demo --out figures/demo_compare.png
-	$(EC) measure --demo cosine --out figures/demo_measure
+	$(EC) compare --demo --out demo-out/compare.png
+	$(EC) measure --demo cosine --out demo-out/measure
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -26,4 +26,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_measure.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis demo-out

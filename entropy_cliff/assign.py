@@ -1,4 +1,4 @@
-"""Nested-prefix nearest-codebook assignment with FAISS (SPEC §4).
+"""Nested-prefix nearest-codebook assignment with FAISS (docs/formulas.md, paper §3).
 
 Given continuous features ``z`` of shape (N, L, d) and one codebook ``E`` of K_max vectors, token
 t of sequence n is

@@ -1,6 +1,6 @@
 """``entropy-cliff`` command line: parse options, call the library, format the result. Nothing else.
 
-Every command takes ``--format table|json|csv``; JSON is the stable machine interface (SPEC §7).
+Every command takes ``--format table|json|csv``; JSON is the stable machine interface (fields: docs/output-fields.md).
 Bad input is one line on stderr and exit status 2, with no traceback and no partial output file.
 Heavy modules (the Numba kernel, matplotlib, FAISS) are imported only by the commands that need them.
 """

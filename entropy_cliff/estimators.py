@@ -37,7 +37,7 @@ def miller_madow(h: np.ndarray, bins: np.ndarray, n: int) -> np.ndarray:
 
     ``m`` (``bins``) is the number of distinct outcomes seen in ``n`` samples. Applied to the
     prefix entropies ``H(X_{<=t})`` with ``m = G_t`` and differenced, it gives the corrected
-    conditional entropy of SPEC §1: ``H_t^MM = H_t + (G_t - G_{t-1}) / (2 N ln 2)``, ``G_0 = 1``.
+    corrected conditional entropy (docs/formulas.md): ``H_t^MM = H_t + (G_t - G_{t-1}) / (2 N ln 2)``, ``G_0 = 1``.
     """
     return np.asarray(h, dtype=np.float64) + (np.asarray(bins, dtype=np.float64) - 1.0) / (2.0 * n * math.log(2.0))
 

@@ -1,7 +1,7 @@
 """Exact per-position conditional entropy of a token corpus (paper §2.1, Fig. 2a).
 
 For a corpus ``X`` of N sequences × L positions, with ``G_t`` distinct length-t prefixes of
-multiplicities ``c_1..c_{G_t}`` (SPEC §1):
+multiplicities ``c_1..c_{G_t}`` (docs/formulas.md):
 
     H(X_{<=t}) = log2 N - (1/N) sum_g c_g log2 c_g               (plug-in prefix entropy)
     H_t        = H(X_{<=t}) - H(X_{<=t-1})                        (conditional entropy, Fig. 2a)

@@ -305,7 +305,7 @@ SAMPLING_FLAGS: list[tuple[str, str, str, Any, str]] = [
     ("--temperature", "sampling", "temperature", float, "softmax temperature (> 0)."),
     ("--scale", "sampling", "scale", float, "base CFG scale w (>= 0; 1 = no guidance)."),
     ("--schedule", "sampling", "schedule", click.Choice(("none", "constant", "linear", "cosine")),
-     "guidance ramp over positions (cosine = pow-cosine, SPEC §5)."),
+     "guidance ramp over positions (cosine = pow-cosine, docs/formulas.md)."),
     ("--power", "sampling", "power", float, "p of the pow-cosine ramp (0 = constant w)."),
     ("--codebook-aware/--no-codebook-aware", "sampling", "codebook_aware", None,
      "CodebookSize-Aware CFG: s_t = 1 + r_t (s_t^base - 1) (paper Eq. 4)."),
