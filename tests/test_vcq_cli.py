@@ -57,7 +57,7 @@ def test_dump_then_measure_round_trip(run, tmp_path):
     assert tokens.shape == (54, 6) and tokens.dtype == np.uint8  # 90 % of 60 shapes
     assert meta["K"] == K.tolist() and meta["schedule"]["kind"] == "cosine" and meta["source"]["step"] == 4
     assert (tokens < K[None, :]).all()
-    labels = np.load(tmp_path / "labels.npy")
+    labels = np.load(out.with_name(out.stem + ".labels.npy"))
     assert labels.shape == (54,) and labels.max() < 6
     m = CliRunner().invoke(ec, ["measure", str(out), "--format", "json"])
     assert m.exit_code == 0, m.output
