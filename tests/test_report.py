@@ -12,6 +12,7 @@ from entropy_cliff.io import save_tokens
 from entropy_cliff.report import (SPEC_COLUMNS, check_bootstrap_fits, compare_corpora, looks_variable,
                                   measure_corpus, resolve_K)
 from entropy_cliff.schedules import Schedule
+from test_cli import brute_H_prefix  # the brute-force reference (np.unique per prefix length)
 
 
 @pytest.fixture
@@ -20,15 +21,6 @@ def cosine_dump(tmp_path):
     s = Schedule("cosine", 2, 256, 8)
     X = np.stack([rng.integers(0, k, 500) for k in s.K], axis=1)
     return save_tokens(tmp_path / "cos.npy", X, s.K, s.to_dict()), X, s
-
-
-def brute_H_prefix(X):
-    out = []
-    for t in range(1, X.shape[1] + 1):
-        _, c = np.unique(X[:, :t], axis=0, return_counts=True)
-        p = c / c.sum()
-        out.append(float(-(p * np.log2(p)).sum()))
-    return np.array(out)
 
 
 def test_k_resolution_order(cosine_dump):
