@@ -6,7 +6,7 @@
 Latents z (M, d) and codes (K_max, d) are Gaussian with scale 1 plus a shared offset; row i may use
 the first K_t codes of a cosine schedule (K_min = 2) over L = 256 positions, repeated M / L times.
 The old code (``||z||^2 - 2 z.E^T + ||E||^2`` in float32, masked argmin) runs in this process on the
-same inputs; both take ``--chunk`` rows at a time. Reports the median seconds of ``--repeats`` runs,
+same inputs; both take ``--chunk`` rows at a time. Reports the median seconds of ``--repeats`` interleaved runs,
 new / old, how often the old code agrees with the exact result, and the share of rows the new code
 re-ranks in float64 (``undecided``). Prints one JSON object.
 """
@@ -39,17 +39,20 @@ def old_masked_nearest(z: torch.Tensor, codebook: torch.Tensor, k_rows: torch.Te
     return out
 
 
-def _median_seconds(fn, repeats: int, device: torch.device) -> float:
-    times = []
+def _median_seconds(fns, repeats: int, device: torch.device) -> list[float]:
+    """Median wall time of each function, the functions run in turn ``repeats`` times (interleaved,
+    so a busy machine's load falls on all of them alike)."""
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, ts in zip(fns, times):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
 
 
 def _undecided_share(z, e, k_rows, chunk) -> float:
@@ -76,7 +79,7 @@ def main() -> None:
     ap.add_argument("--dims", type=int, nargs="+", default=[12, 256])
     ap.add_argument("--offsets", type=float, nargs="+", default=[0.0, 1000.0])
     ap.add_argument("--chunk", type=int, default=4096)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
@@ -92,8 +95,8 @@ def main() -> None:
             e = (torch.randn(args.kmax, d, generator=gen) + off).to(dev)
             exact = masked_nearest(z, e, k_rows, args.chunk)
             old = old_masked_nearest(z, e, k_rows, args.chunk)
-            t_old = _median_seconds(lambda: old_masked_nearest(z, e, k_rows, args.chunk), args.repeats, dev)
-            t_new = _median_seconds(lambda: masked_nearest(z, e, k_rows, args.chunk), args.repeats, dev)
+            t_old, t_new = _median_seconds([lambda: old_masked_nearest(z, e, k_rows, args.chunk),
+                                            lambda: masked_nearest(z, e, k_rows, args.chunk)], args.repeats, dev)
             rows.append({"dim": d, "offset": off, "old_s": round(t_old, 4), "new_s": round(t_new, 4),
                          "new_over_old": round(t_new / t_old, 2), "old_agrees": float((old == exact).float().mean()),
                          "undecided": _undecided_share(z, e, k_rows, args.chunk)})

@@ -57,7 +57,8 @@ _INPUT_ROUNDING = {"ieee": 0.0, "tf32": 2.0**-11, "bf16": 2.0**-8}
 def _matmul_input_rounding(device_type: str) -> float:
     """Unit roundoff applied to the inputs of a float32 matmul on this device type: 0 for IEEE
     float32, 2^-11 / 2^-8 where ``torch.backends.{cuda,mkldnn}.matmul.fp32_precision`` (or
-    ``torch.set_float32_matmul_precision``) allows TF32 / bf16; bf16's on other device types."""
+    ``torch.set_float32_matmul_precision``) allows TF32 / bf16; bf16's 2^-8 on device types without
+    such a switch."""
     backend = {"cuda": torch.backends.cuda.matmul, "cpu": torch.backends.mkldnn.matmul}.get(device_type)
     if backend is None:
         return _INPUT_ROUNDING["bf16"]
@@ -87,7 +88,7 @@ def masked_nearest(z: torch.Tensor, codebook: torch.Tensor, k_rows: torch.Tensor
 
     with ``v`` the rounding of the matmul's inputs under TF32 / bf16 fp32-matmul precision (0
     otherwise). A code with ``s~_k > min s~ + 2B`` is strictly farther than the float32 winner, so a
-    row with one code within ``2B`` of its minimum is decided. The others (near-ties, ties,
+    row whose runner-up lies beyond ``2B`` is decided. The others (near-ties, ties,
     non-finite values) compare every allowed code within the margin (all allowed codes where the
     margin is not finite) by the float64 distance ``sum_j (z_j - e_kj)^2``, lowest index on ties.
     """
@@ -105,15 +106,18 @@ def masked_nearest(z: torch.Tensor, codebook: torch.Tensor, k_rows: torch.Tensor
         for s in range(0, z.shape[0], chunk_size):
             x, kr = z64[s : s + chunk_size] - mu, k_rows[s : s + chunk_size, None]
             approx = torch.addmm(y_sq32, x.float(), y32.T, alpha=-2.0).masked_fill_(cols >= kr, float("inf"))
-            best, idx = approx.min(1)
+            idx = approx.argmin(1)
+            rows = torch.arange(len(idx), device=z.device)
+            best = approx[rows, idx]
+            approx[rows, idx] = float("inf")  # the runner-up decides whether the row is certain
             thr64 = best.double() + 2 * (b_const + b_lin * x.square().sum(1).sqrt())
-            thr = thr64.float()
-            thr = torch.where(thr.double() < thr64, torch.nextafter(thr, torch.full_like(thr, float("inf"))), thr)  # round up
+            thr = thr64.float()  # rounded up, so the comparisons below never drop a code within 2B
+            thr = torch.where(thr.double() < thr64, torch.nextafter(thr, torch.full_like(thr, float("inf"))), thr)
             open_ = ~torch.isfinite(thr)
-            undecided = torch.nonzero(((approx <= thr[:, None]).sum(1) != 1) | open_).squeeze(1)
+            undecided = torch.nonzero((approx.amin(1) <= thr) | open_).squeeze(1)
             if undecided.numel():
-                cand = (cols < kr[undecided]) & ((approx[undecided] <= thr[undecided, None]) | open_[undecided, None])
-                idx[undecided] = _exact_rerank(z64[s : s + chunk_size][undecided], e64, cand)
+                near = (approx[undecided] <= thr[undecided, None]) | (cols == idx[undecided, None]) | open_[undecided, None]
+                idx[undecided] = _exact_rerank(z64[s : s + chunk_size][undecided], e64, near & (cols < kr[undecided]))
             out[s : s + chunk_size] = idx
     return out
 
