@@ -116,7 +116,8 @@ def masked_nearest(z: torch.Tensor, codebook: torch.Tensor, k_rows: torch.Tensor
             open_ = ~torch.isfinite(thr)
             undecided = torch.nonzero((approx.amin(1) <= thr) | open_).squeeze(1)
             if undecided.numel():
-                near = (approx[undecided] <= thr[undecided, None]) | (cols == idx[undecided, None]) | open_[undecided, None]
+                u_idx, u_thr, u_open = idx[undecided, None], thr[undecided, None], open_[undecided, None]
+                near = (approx[undecided] <= u_thr) | (cols == u_idx) | u_open
                 idx[undecided] = _exact_rerank(z64[s : s + chunk_size][undecided], e64, near & (cols < kr[undecided]))
             out[s : s + chunk_size] = idx
     return out
