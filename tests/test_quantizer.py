@@ -12,13 +12,18 @@ from entropy_cliff.schedules import Schedule
 from vcq.quantizer import VariableCodebookQuantizer, masked_nearest
 
 
-def brute_nearest(z: np.ndarray, e: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float64 reference: per (b, t) the argmin over the first K_t codes, and the top-2 gap."""
+def brute_nearest(z: np.ndarray, e: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """float64 reference: per (b, t) the argmin over the first K_t codes (lowest index on ties)."""
     d = ((z[:, :, None, :].astype(np.float64) - e[None, None].astype(np.float64)) ** 2).sum(-1)
     d[:, np.arange(e.shape[0])[None, :] >= K[:, None]] = np.inf
-    srt = np.sort(np.concatenate([d, np.full(d.shape[:2] + (1,), np.inf)], -1), -1)
-    gap = srt[..., 1] - srt[..., 0]
-    return d.argmin(-1), gap
+    return d.argmin(-1)
+
+
+def brute_masked_nearest(z: torch.Tensor, e: torch.Tensor, k_rows: torch.Tensor) -> np.ndarray:
+    """float64 reference for masked_nearest: row i's argmin over codes k < k_rows[i], lowest index on ties."""
+    d = ((z.double().numpy()[:, None, :] - e.double().numpy()[None]) ** 2).sum(-1)
+    d[np.arange(e.shape[0])[None, :] >= k_rows.numpy()[:, None]] = np.inf
+    return d.argmin(-1)
 
 
 @settings(max_examples=25, deadline=None)
@@ -31,10 +36,90 @@ def test_nearest_is_masked_argmin(kind, length, kmax, dim, seed):
     q.codebook.data.normal_()
     z = torch.randn(7, length, dim)
     idx = q.nearest(z).numpy()
-    ref, gap = brute_nearest(z.numpy(), q.codebook.detach().numpy(), sched.K)
-    assert (idx < sched.K[None, :]).all() and (idx >= 0).all()
-    clear = gap > 1e-4  # float32 vs float64 may only disagree on near-ties
-    np.testing.assert_array_equal(idx[clear], ref[clear])
+    np.testing.assert_array_equal(idx, brute_nearest(z.numpy(), q.codebook.detach().numpy(), sched.K))
+
+
+@st.composite
+def nearest_problems(draw):
+    """Latents, codes and prefix sizes with a shared offset of 0, 1e3 or 1e4. ``grid``: small integer
+    coordinates, so many codes tie exactly; otherwise Gaussian codes with exact duplicates (ties) and
+    latents copied from codes, a code's scale anywhere in 1e-3..10."""
+    seed, m, kmax, dim = draw(st.integers(0, 2**32 - 1)), draw(st.integers(1, 60)), draw(st.integers(1, 50)), draw(
+        st.sampled_from([1, 2, 3, 8, 12, 33]))
+    offset, grid = draw(st.sampled_from([0.0, 1e3, 1e4])), draw(st.booleans())
+    rng = np.random.default_rng(seed)
+    if grid:
+        e = rng.integers(-2, 3, (kmax, dim)).astype(np.float64)
+        z = rng.integers(-2, 3, (m, dim)) + rng.choice([0.0, 0.5], (m, dim))
+    else:
+        scale = 10.0 ** rng.uniform(-3, 1)
+        e = rng.standard_normal((kmax, dim)) * scale
+        dup = rng.integers(0, kmax, kmax // 3)
+        e[rng.integers(0, kmax, dup.size)] = e[dup]
+        z = rng.standard_normal((m, dim)) * scale
+        copied = rng.random(m) < 0.3
+        z[copied] = e[rng.integers(0, kmax, copied.sum())]
+    k_rows = rng.integers(1, kmax + 1, m)
+    return (torch.tensor(z + offset, dtype=torch.float32), torch.tensor(e + offset, dtype=torch.float32),
+            torch.from_numpy(k_rows), draw(st.integers(1, 70)))
+
+
+@settings(max_examples=120, deadline=None)
+@given(nearest_problems(), st.booleans())
+def test_masked_nearest_equals_float64_brute_force(problem, autocast):
+    """Exact at offsets 0 / 1e3 / 1e4, with ties (lowest index), nested masks, any chunking, and under
+    bf16 autocast (the CPU stand-in for the GPU path)."""
+    z, e, k_rows, chunk = problem
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        got = masked_nearest(z, e, k_rows, chunk_size=chunk)
+    assert got.dtype == torch.int64
+    np.testing.assert_array_equal(got.numpy(), brute_masked_nearest(z, e, k_rows))
+
+
+@pytest.mark.parametrize("offset", [1e3, 1e4])
+@pytest.mark.parametrize("dim", [12, 64])
+def test_shared_offset_does_not_change_assignment(offset, dim):
+    """The float32 expansion picked the true code for 58 % / 1 % of rows at these offsets."""
+    gen = torch.Generator().manual_seed(dim)
+    e = torch.randn(512, dim, generator=gen) + offset
+    z = torch.randn(1000, dim, generator=gen) + offset
+    k_rows = torch.randint(1, 513, (1000,), generator=gen)
+    got = masked_nearest(z, e, k_rows, chunk_size=300)
+    np.testing.assert_array_equal(got.numpy(), brute_masked_nearest(z, e, k_rows))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_bf16_and_float64_inputs_are_compared_at_their_own_values(dtype):
+    gen = torch.Generator().manual_seed(3)
+    e = (torch.randn(200, 16, generator=gen, dtype=torch.float64) + 1e3).to(dtype)
+    z = (torch.randn(300, 16, generator=gen, dtype=torch.float64) + 1e3).to(dtype)
+    k_rows = torch.randint(1, 201, (300,), generator=gen)
+    np.testing.assert_array_equal(masked_nearest(z, e, k_rows, 64).numpy(), brute_masked_nearest(z, e, k_rows))
+
+
+def test_spread_beyond_float32_range_falls_back_to_float64():
+    """Distances of ~1e50 overflow the float32 pass; every row is then decided in float64."""
+    gen = torch.Generator().manual_seed(4)
+    e = torch.randn(40, 5, generator=gen, dtype=torch.float64) * 1e25
+    z = torch.randn(50, 5, generator=gen, dtype=torch.float64) * 1e25
+    k_rows = torch.randint(1, 41, (50,), generator=gen)
+    np.testing.assert_array_equal(masked_nearest(z, e, k_rows, 16).numpy(), brute_masked_nearest(z, e, k_rows))
+
+
+@pytest.mark.parametrize("mode", ["bf16", "tf32"])
+def test_reduced_float32_matmul_precision_stays_exact(mode):
+    """With TF32 / bf16 allowed for float32 matmuls the error bound widens to match."""
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    torch.backends.mkldnn.matmul.fp32_precision = mode
+    try:
+        gen = torch.Generator().manual_seed(5)
+        e = torch.randn(300, 32, generator=gen) + 1e3
+        z = torch.randn(400, 32, generator=gen) + 1e3
+        k_rows = torch.randint(1, 301, (400,), generator=gen)
+        got = masked_nearest(z, e, k_rows, 128)
+    finally:
+        torch.backends.mkldnn.matmul.fp32_precision = before
+    np.testing.assert_array_equal(got.numpy(), brute_masked_nearest(z, e, k_rows))
 
 
 def test_chunk_size_does_not_change_assignment():
@@ -96,16 +181,22 @@ def test_l2_normalized_codes_lie_on_the_sphere():
     assert (out.indices < torch.as_tensor(Schedule("linear", 2, 16, 6).K)).all()
 
 
-def test_autocast_keeps_float32_distances():
+@pytest.mark.parametrize("l2_norm", [False, True])
+def test_autocast_keeps_exact_distances(l2_norm):
+    """forward(), nearest() (the path of ``encode()``) under bf16 autocast equal the float64 argmin."""
     torch.manual_seed(4)
-    q = VariableCodebookQuantizer(Schedule("cosine", 2, 128, 10).K, 8)
-    q.codebook.data.normal_()
-    z = torch.randn(5, 10, 8)
+    sched = Schedule("cosine", 2, 128, 10)
+    q = VariableCodebookQuantizer(sched.K, 8, l2_norm=l2_norm, chunk_size=7)
+    q.codebook.data.normal_().add_(1e3)
+    z = torch.randn(5, 10, 8) + 1e3
     with torch.autocast("cpu", dtype=torch.bfloat16):
         a = q(z)
-    b = q(z)
+        idx = q.nearest(z)
     assert a.z_q.dtype == torch.float32
-    assert torch.equal(a.indices, b.indices)
+    zr, er = (F.normalize(z, dim=-1), q.codes().detach()) if l2_norm else (z, q.codebook.detach())
+    ref = brute_nearest(zr.numpy(), er.numpy(), sched.K)
+    np.testing.assert_array_equal(idx.numpy(), ref)
+    np.testing.assert_array_equal(a.indices.numpy(), ref)
 
 
 def test_usage_statistics_count_assignments_per_position():

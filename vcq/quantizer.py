@@ -5,9 +5,10 @@ first ``K_t`` entries (nested prefixes, no extra parameters)::
 
     k_t = argmin_{k < K_t} ||z_t - e_k||^2
 
-computed from the full distance matrix ``||z||^2 - 2 z·E^T + ||E||^2`` against all K_max codes with
-entries ``k >= K_t`` masked to +inf, ``chunk_size`` rows at a time so memory stays bounded. Ties go
-to the smallest index, as ``torch.argmin``.
+computed exactly (equal to a float64 brute force, ties to the smallest index) by
+:func:`masked_nearest`: a float32 distance matrix on centred data against all K_max codes, entries
+``k >= K_t`` masked to +inf, ``chunk_size`` rows at a time so memory stays bounded, and a float64
+re-rank of the rows whose winner is not certain within a rounding-error bound.
 
 Training signal (VQ-VAE): straight-through ``z_q = z + sg(e_k - z)``, codebook loss
 ``||sg(z) - e_k||^2`` and commitment loss ``beta ||z - sg(e_k)||^2`` (means over elements). With
@@ -49,21 +50,97 @@ class QuantizerOutput:
     commit_loss: torch.Tensor
 
 
-def masked_nearest(z: torch.Tensor, codebook: torch.Tensor, k_rows: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
-    """``argmin_{k < k_rows[i]} ||z[i] - codebook[k]||^2`` for every row i (float32, chunked).
+_U32 = 2.0**-24  # float32 unit roundoff
+_INPUT_ROUNDING = {"ieee": 0.0, "tf32": 2.0**-11, "bf16": 2.0**-8}
 
-    ``z``: (M, d); ``codebook``: (K_max, d); ``k_rows``: (M,) allowed prefix size per row.
+
+def _matmul_input_rounding(device_type: str) -> float:
+    """Unit roundoff applied to the inputs of a float32 matmul on this device type: 0 for IEEE
+    float32, 2^-11 / 2^-8 where ``torch.backends.{cuda,mkldnn}.matmul.fp32_precision`` (or
+    ``torch.set_float32_matmul_precision``) allows TF32 / bf16; bf16's 2^-8 on device types without
+    such a switch."""
+    backend = {"cuda": torch.backends.cuda.matmul, "cpu": torch.backends.mkldnn.matmul}.get(device_type)
+    if backend is None:
+        return _INPUT_ROUNDING["bf16"]
+    mode = backend.fp32_precision
+    if mode == "none":
+        mode = torch.backends.fp32_precision
+    return _INPUT_ROUNDING.get("ieee" if mode == "none" else mode, _INPUT_ROUNDING["bf16"])
+
+
+def masked_nearest(z: torch.Tensor, codebook: torch.Tensor, k_rows: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
+    """``argmin_{k < k_rows[i]} ||z[i] - codebook[k]||^2`` for every row i, equal to a float64 brute
+    force (lowest index on ties) at any offset of the data and under autocast (disabled inside).
+
+    ``z``: (M, d); ``codebook``: (K_max, d); ``k_rows``: (M,) allowed prefix size per row (>= 1).
+
+    Fast pass, float32, ``chunk_size`` rows at a time. With ``mu`` the codebook's mean (float64),
+    ``x = z - mu`` and ``y_k = e_k - mu``::
+
+        ||z - e_k||^2 = ||x||^2 + s_k,    s_k = ||y_k||^2 - 2 x . y_k
+
+    so the argmin of ``s`` is the answer; centring keeps ``s`` at the scale of the data's spread,
+    not of its offset. ``s~``, computed from the centred values rounded to float32 in one
+    ``addmm``, obeys (Higham's dot-product bound, any summation order)::
+
+        |s~_k - s_k| <= B = 1.25 (g + u) max||y||^2 + 1.25 (2g + 4u) ||x|| max||y||,
+        g = (d + 1) u + 2v + v^2,   u = 2^-24,
+
+    with ``v`` the rounding of the matmul's inputs under TF32 / bf16 fp32-matmul precision (0
+    otherwise). A code with ``s~_k > min s~ + 2B`` is strictly farther than the float32 winner, so a
+    row whose runner-up lies beyond ``2B`` is decided. The others (near-ties, ties,
+    non-finite values) compare every allowed code within the margin (all allowed codes where the
+    margin is not finite) by the float64 distance ``sum_j (z_j - e_kj)^2``, lowest index on ties.
     """
-    z = z.float()
-    codebook = codebook.float()
-    e_sq = (codebook * codebook).sum(1)
-    cols = torch.arange(codebook.shape[0], device=z.device)
-    out = torch.empty(z.shape[0], dtype=torch.long, device=z.device)
-    for s in range(0, z.shape[0], chunk_size):
-        zc = z[s : s + chunk_size]
-        d = (zc * zc).sum(1, keepdim=True) - 2.0 * zc @ codebook.T + e_sq
-        d = d.masked_fill(cols[None, :] >= k_rows[s : s + chunk_size, None], float("inf"))
-        out[s : s + chunk_size] = d.argmin(1)
+    with torch.autocast(z.device.type, enabled=False):
+        z64, e64 = z.detach().double(), codebook.detach().double()
+        mu = e64.mean(0)
+        y = e64 - mu
+        y_sq = y.square().sum(1)
+        y32, y_sq32, y_max_sq = y.float(), y_sq.float(), float(y_sq.max())
+        u, v = _U32, _matmul_input_rounding(z.device.type)
+        g = (z.shape[1] + 1) * u + 2 * v + v * v
+        b_const, b_lin = 1.25 * (g + u) * y_max_sq, 1.25 * (2 * g + 4 * u) * y_max_sq**0.5
+        cols = torch.arange(codebook.shape[0], device=z.device)
+        out = torch.empty(z.shape[0], dtype=torch.long, device=z.device)
+        for s in range(0, z.shape[0], chunk_size):
+            x, kr = z64[s : s + chunk_size] - mu, k_rows[s : s + chunk_size, None]
+            approx = torch.addmm(y_sq32, x.float(), y32.T, alpha=-2.0).masked_fill_(cols >= kr, float("inf"))
+            idx = approx.argmin(1)
+            rows = torch.arange(len(idx), device=z.device)
+            best = approx[rows, idx]
+            approx[rows, idx] = float("inf")  # the runner-up decides whether the row is certain
+            thr64 = best.double() + 2 * (b_const + b_lin * x.square().sum(1).sqrt())
+            thr = thr64.float()  # rounded up, so the comparisons below never drop a code within 2B
+            thr = torch.where(thr.double() < thr64, torch.nextafter(thr, torch.full_like(thr, float("inf"))), thr)
+            open_ = ~torch.isfinite(thr)
+            undecided = torch.nonzero((approx.amin(1) <= thr) | open_).squeeze(1)
+            if undecided.numel():
+                u_idx, u_thr, u_open = idx[undecided, None], thr[undecided, None], open_[undecided, None]
+                near = (approx[undecided] <= u_thr) | (cols == u_idx) | u_open
+                idx[undecided] = _exact_rerank(z64[s : s + chunk_size][undecided], e64, near & (cols < kr[undecided]))
+            out[s : s + chunk_size] = idx
+    return out
+
+
+def _exact_rerank(z64: torch.Tensor, e64: torch.Tensor, cand: torch.Tensor, budget: int = 1 << 24) -> torch.Tensor:
+    """Per row r of ``z64``, the lowest-index argmin of the float64 distance ``sum_j (z_rj - e_kj)^2``
+    over the codes k with ``cand[r, k]`` (NaN counts as +inf); about ``budget / d`` pairs at a time."""
+    n, d = z64.shape
+    out = torch.empty(n, dtype=torch.long, device=z64.device)
+    ends = cand.sum(1).cumsum(0)
+    start = 0
+    while start < n:
+        base = int(ends[start - 1]) if start else 0
+        stop = max(start + 1, int(torch.searchsorted(ends, base + budget // max(d, 1), right=True)))
+        r, k = torch.nonzero(cand[start:stop], as_tuple=True)
+        dist = (z64[start + r] - e64[k]).square().sum(1).nan_to_num(nan=float("inf"))
+        best = torch.full((stop - start,), float("inf"), dtype=dist.dtype, device=dist.device)
+        best = best.scatter_reduce(0, r, dist, "amin")
+        win = dist == best[r]
+        first = torch.full((stop - start,), e64.shape[0], dtype=torch.long, device=dist.device)
+        out[start:stop] = first.scatter_reduce(0, r[win], k[win], "amin")
+        start = stop
     return out
 
 
@@ -114,10 +191,11 @@ class VariableCodebookQuantizer(nn.Module):
         """Token indices (B, L) for latents (B, L, dim), each < K_t at its position."""
         if z.ndim != 3 or z.shape[1] != self.length or z.shape[2] != self.dim:
             raise EntropyCliffError(f"latents of shape {tuple(z.shape)} do not match (B, {self.length}, {self.dim})")
-        if self.l2_norm:
-            z = F.normalize(z.float(), dim=-1)
-        k_rows = self.K.expand(z.shape[0], -1).reshape(-1)
-        return masked_nearest(z.reshape(-1, self.dim), self.codes(), k_rows, self.chunk_size).view(z.shape[:2])
+        with torch.autocast(z.device.type, enabled=False):
+            if self.l2_norm:
+                z = F.normalize(z.float(), dim=-1)
+            k_rows = self.K.expand(z.shape[0], -1).reshape(-1)
+            return masked_nearest(z.reshape(-1, self.dim), self.codes(), k_rows, self.chunk_size).view(z.shape[:2])
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """Code vectors (B, L, dim) for token indices (B, L)."""
