@@ -212,3 +212,34 @@ def save_tokens(
             raise EntropyCliffError(f"labels of shape {labels.shape} do not match N = {tokens.shape[0]}")
         save_npy_atomic(p.parent / "labels.npy", labels.astype(smallest_uint_dtype(int(labels.max(initial=0)))))
     return p
+
+
+def labels_path(tokens_path: str | os.PathLike) -> Path:
+    """The labels of dump ``DIR/NAME.npy``: ``DIR/NAME.labels.npy``, or the older shared
+    ``DIR/labels.npy`` when only that exists."""
+    p = Path(tokens_path)
+    own = p.with_name(p.name[: -len(".npy")] + ".labels.npy" if p.name.endswith(".npy") else p.name + ".labels.npy")
+    old = p.parent / "labels.npy"
+    return old if not own.exists() and old.exists() else own
+
+
+def prepare_output(path: str | os.PathLike, kind: str) -> Path:
+    """Check before long work that ``path`` can be written: create it (``kind="dir"``) or its parent
+    (``kind="file"``), parents included, and write and remove a probe file there (permission checks
+    pass for root where a write then fails). Raises :class:`EntropyCliffError` naming the path."""
+    if kind not in ("file", "dir"):
+        raise ValueError(f"kind must be 'file' or 'dir', got {kind!r}")
+    p = Path(path)
+    folder = p if kind == "dir" else p.parent
+    if kind == "file" and p.is_dir():
+        raise EntropyCliffError(f"{p}: is a directory, expected a file path")
+    if kind == "dir" and p.exists() and not p.is_dir():
+        raise EntropyCliffError(f"{p}: exists and is not a directory")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise EntropyCliffError(f"{p}: cannot write there ({e.strerror or e})") from None
+    return p

@@ -13,7 +13,8 @@ from torch import nn
 from entropy_cliff.errors import EntropyCliffError
 from vcq.data import ImageSet
 from vcq.presets import TokenizerConfig, TrainConfig
-from vcq.tokenizer import DataSpec, run_config, train_tokenizer
+from vcq.data import DataSpec
+from vcq.train_tokenizer import run_config, train_tokenizer
 from vcq.train import Task, batch_indices, frozen, lr_at, param_groups, train
 
 SMALL = TokenizerConfig(image_size=8, patch_size=4, num_latent=6, enc_width=16, enc_depth=1, enc_heads=2,

@@ -173,8 +173,9 @@ def test_cli_bad_training_input(cli_run, tmp_path):
 
 def _tokenizer_run(path, kmax):
     from vcq.presets import TokenizerConfig
-    from vcq.tokenizer import DataSpec, Tokenizer1D
-    from vcq.tokenizer import run_config as tokenizer_run_config
+    from vcq.data import DataSpec
+    from vcq.tokenizer import Tokenizer1D
+    from vcq.train_tokenizer import run_config as tokenizer_run_config
     from vcq.train import save_weights
 
     cfg = TokenizerConfig(image_size=8, patch_size=4, num_latent=6, enc_width=16, enc_depth=1, enc_heads=2,

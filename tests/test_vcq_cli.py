@@ -69,7 +69,8 @@ def test_dump_then_measure_round_trip(run, tmp_path):
     p = counts / counts.sum()
     assert res["positions"][2]["H_prefix"] == pytest.approx(-(p * np.log2(p)).sum(), abs=1e-9)
     # the same images tokenized by the library give the same tokens
-    from vcq.tokenizer import DataSpec, load_tokenizer, tokenize_images
+    from vcq.data import DataSpec
+    from vcq.tokenizer import load_tokenizer, tokenize_images
 
     model = load_tokenizer(run)
     imgs = DataSpec("shapes", n=60).load("train", model.cfg, augment=False)
