@@ -195,10 +195,14 @@ def sample_run(ckpt: str | Path, out: str | Path, *, n: int = 16, classes: list[
     from vcq.images import image_grid, save_png
     from vcq.runs import load_run
 
+    from vcq.resources import check_memory, sampling_bytes
+
     if n < 1:
         raise EntropyCliffError(f"n must be >= 1, got {n}")
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_run(ckpt, dev, task="ar").model
+    check_memory(sampling_bytes(model.cfg.depth, model.cfg.dim, model.cfg.length, model.cfg.kmax, n, True), dev,
+                 f"sampling n = {n} sequences at once")
     ids = list(range(model.cfg.num_classes)) if not classes else [int(c) for c in classes]
     labels = np.resize(np.asarray(ids, dtype=np.int64), n)
     tok = None
