@@ -148,9 +148,9 @@ def test_cli_train_sample_evaluate(cli_run):
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["sample", "--scale", "-1"], "guidance scale must be >= 0"),
-    (["sample", "--top-p", "1.5"], "top-p must lie in (0, 1]"),
-    (["sample", "--top-p", "0"], "top-p must lie in (0, 1]"),
+    (["sample", "--scale", "-1"], "guidance scale must be a finite number >= 0"),
+    (["sample", "--top-p", "1.5"], "top_p must lie in (0, 1]"),
+    (["sample", "--top-p", "0"], "top_p must lie in (0, 1]"),
     (["sample", "--class", "0,7"], "class ids must lie in [0, 4)"),
 ])
 def test_cli_bad_sampling_input(cli_run, args, msg):
@@ -197,7 +197,9 @@ def test_cli_sample_decodes_a_grid_and_refuses_a_tokenizer_with_other_K_t(tmp_pa
     from PIL import Image
 
     grid = np.asarray(Image.open(tmp_path / "s/grid.png"))
-    assert grid.shape == (2 * (16 + 2) + 2, 3 * (16 + 2) + 2, 3)  # 2 rows x 3 columns of 8x8 images, upscaled 2x
+    # 2 rows x 3 columns of 8x8 images upscaled 12x to 96-pixel cells, each under a 12-pixel caption
+    assert grid.shape == (2 * (12 + 96 + 2) + 2, 3 * (96 + 2) + 2, 3)
+    assert (grid[2:14, 2:98] < 128).any()  # the caption "class 0" is drawn above the first cell
     res = run_cli("sample", "--ckpt", tmp_path / "run", "--tokenizer", bad, "--out", tmp_path / "s2")
     assert res.exit_code == 2 and "K_t disagree" in res.output and not (tmp_path / "s2").exists()
 

@@ -109,7 +109,7 @@ def test_bad_input_is_one_line_and_exit_2(run, tmp_path):
     base = ["train-tokenizer", *SMALL, "--out", str(tmp_path / "x")]
     assert "K_min = 300 exceeds K_max = 256" in _one_line_error(cli.invoke(main, [*base, "--kmin", "300"]))
     assert "unknown tokenizer preset 'huge'" in _one_line_error(cli.invoke(main, [*base, "--preset", "huge"]))
-    assert "--lr must be > 0" in _one_line_error(cli.invoke(main, [*base, "--lr", "0"]))
+    assert "lr must be > 0, got 0.0" in _one_line_error(cli.invoke(main, [*base, "--lr", "0"]))
     assert "already holds a run" in _one_line_error(cli.invoke(main, ["train-tokenizer", *SMALL, "--out", str(run)]))
     msg = _one_line_error(cli.invoke(main, ["train-tokenizer", "--out", str(run), "--resume", "--schedule", "linear"]))
     assert "model.schedule: 'cosine' -> 'linear'" in msg

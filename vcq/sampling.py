@@ -114,6 +114,14 @@ def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> tor
     return torch.where(torch.isfinite(cond), mixed, torch.full_like(mixed, float("-inf")))
 
 
+def check_labels(labels: np.ndarray, num_classes: int) -> None:
+    """One class id per sample, each in [0, num_classes)."""
+    if labels.ndim != 1:
+        raise EntropyCliffError(f"labels must be one class id per sample, got shape {tuple(labels.shape)}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise EntropyCliffError(f"class ids must lie in [0, {num_classes}), got {int(labels.min())}..{int(labels.max())}")
+
+
 @torch.no_grad()
 def sample(model: ARTransformer, labels: torch.Tensor | np.ndarray, cfg: SamplingConfig = SamplingConfig(),
            seed: int = 0, use_cache: bool = True, ratio: str = "log", progress: bool = False,
@@ -132,12 +140,8 @@ def sample(model: ARTransformer, labels: torch.Tensor | np.ndarray, cfg: Samplin
 
     model.eval()
     device = model.K.device
+    check_labels(np.asarray(labels), model.cfg.num_classes)
     labels = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=device)
-    if labels.ndim != 1:
-        raise EntropyCliffError(f"labels must be one class id per sample, got shape {tuple(labels.shape)}")
-    if labels.numel() and (labels.min() < 0 or labels.max() >= model.cfg.num_classes):
-        raise EntropyCliffError(f"class ids must lie in [0, {model.cfg.num_classes}), "
-                                f"got {int(labels.min())}..{int(labels.max())}")
     k_t = model.K.cpu().numpy()
     scales = guidance_scales(k_t, cfg.scale, cfg.schedule, cfg.power, cfg.codebook_aware, ratio)
     guided = bool(np.any(scales != 1.0))
@@ -204,6 +208,7 @@ def sample_run(ckpt: str | Path, out: str | Path, *, n: int = 16, classes: list[
     check_memory(sampling_bytes(model.cfg.depth, model.cfg.dim, model.cfg.length, model.cfg.kmax, n, True), dev,
                  f"sampling n = {n} sequences at once")
     ids = list(range(model.cfg.num_classes)) if not classes else [int(c) for c in classes]
+    check_labels(np.asarray(ids), model.cfg.num_classes)
     labels = np.resize(np.asarray(ids, dtype=np.int64), n)
     tok = None
     if tokenizer:
