@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from entropy_cliff.errors import EntropyCliffError
-from entropy_cliff.io import save_tokens
+from entropy_cliff.io import labels_path, save_tokens
 from vcq.presets import ARConfig, TrainConfig, to_dict
 from vcq.sampling import sample
 from vcq.train_ar import ar_config_for_dump, load_ar, load_token_dump, run_config, train_ar
@@ -137,7 +137,7 @@ def test_cli_train_sample_evaluate(cli_run):
     assert res.exit_code == 0, res.output
     toks = np.load(d / "s/tokens.npy")
     assert toks.shape == (10, len(K)) and np.all(toks < np.array(K))
-    assert np.load(d / "s/labels.npy").tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]
+    assert np.load(labels_path(d / "s/tokens.npy")).tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]
     assert json.loads((d / "s/tokens.meta.json").read_text())["K"] == K
     res = run_cli("evaluate", "--samples", d / "s", "--ckpt", d / "run", "--probe-k", "1,all", "--out", d / "ev.json")
     assert res.exit_code == 0, res.output
