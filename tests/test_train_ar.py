@@ -200,6 +200,15 @@ def test_cli_sample_decodes_a_grid_and_refuses_a_tokenizer_with_other_K_t(tmp_pa
     # 2 rows x 3 columns of 8x8 images upscaled 12x to 96-pixel cells, each under a 12-pixel caption
     assert grid.shape == (2 * (12 + 96 + 2) + 2, 3 * (96 + 2) + 2, 3)
     assert (grid[2:14, 2:98] < 128).any()  # the caption "class 0" is drawn above the first cell
+    res = run_cli("evaluate", "--samples", tmp_path / "s", "--tokenizer", good, "--n-real", 40, "--n-recon", 20,
+                  "--cache-dir", tmp_path / "cache", "--out", tmp_path / "ev.json", "--quiet")
+    assert res.exit_code == 0, res.output
+    ev = json.loads((tmp_path / "ev.json").read_text())
+    assert ev["feature_extractor"] == "dataset classifier (dFID; not comparable to FID)"
+    assert "features: dataset classifier (dFID; not comparable to FID)" in res.output
+    warn = "generation: dFID from 6 samples is not meaningful: use at least 1000"
+    assert any(w.startswith(warn) for w in ev["warnings"]) and f"vcq: warning: {warn}" in res.output
+    assert ev["generation"]["is_splits"] == 1 and ev["reconstruction"]["images"] == 20
     res = run_cli("sample", "--ckpt", tmp_path / "run", "--tokenizer", bad, "--out", tmp_path / "s2")
     assert res.exit_code == 2 and "K_t disagree" in res.output and not (tmp_path / "s2").exists()
 
