@@ -152,6 +152,8 @@ def test_cli_train_sample_evaluate(cli_run):
     (["sample", "--top-p", "1.5"], "top_p must lie in (0, 1]"),
     (["sample", "--top-p", "0"], "top_p must lie in (0, 1]"),
     (["sample", "--class", "0,7"], "class ids must lie in [0, 4)"),
+    (["sample", "--n", "1000000000000", "--scale", "2"], "sampling n = 1000000000000 sequences at once needs about"),
+    (["sample", "--schedule", "none", "--scale", "3"], "scale = 3.0 would be ignored"),
 ])
 def test_cli_bad_sampling_input(cli_run, args, msg):
     d, _, _ = cli_run

@@ -205,7 +205,9 @@ def sample_run(ckpt: str | Path, out: str | Path, *, n: int = 16, classes: list[
         raise EntropyCliffError(f"n must be >= 1, got {n}")
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_run(ckpt, dev, task="ar").model
-    check_memory(sampling_bytes(model.cfg.depth, model.cfg.dim, model.cfg.length, model.cfg.kmax, n, True), dev,
+    guided = bool(np.any(guidance_scales(model.K.cpu().numpy(), cfg.scale, cfg.schedule, cfg.power,
+                                         cfg.codebook_aware, ratio) != 1.0))
+    check_memory(sampling_bytes(model.cfg.depth, model.cfg.dim, model.cfg.length, model.cfg.kmax, n, guided), dev,
                  f"sampling n = {n} sequences at once")
     ids = list(range(model.cfg.num_classes)) if not classes else [int(c) for c in classes]
     check_labels(np.asarray(ids), model.cfg.num_classes)
