@@ -47,7 +47,7 @@ def run(cmd: list[str]) -> None:
 def heldout_crops(args: argparse.Namespace):
     """The validation split of the tokenizers' training images (both share it)."""
     from vcq.presets import TokenizerConfig, from_dict
-    from vcq.tokenizer import DataSpec
+    from vcq.data import DataSpec
     from vcq.train import read_config
 
     cfg = read_config(snapshot_tokenizer("cosine", args))
@@ -212,7 +212,7 @@ def figure(args: argparse.Namespace, val, path: Path) -> None:
     from PIL import Image
 
     from entropy_cliff.plots import save_figure
-    from vcq.evaluate import image_grid
+    from vcq.images import image_grid
 
     labels, classes = val.label_array(), len(val.class_names)
     picks = np.stack([np.flatnonzero(labels == c)[:3] for c in range(classes)], 1)  # (3, classes)

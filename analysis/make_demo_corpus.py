@@ -71,7 +71,9 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from entropy_cliff.io import save_tokens
-    from vcq.tokenizer import DataSpec, load_tokenizer, reconstruct, schedule_of, tokenize_images
+    from vcq.data import DataSpec
+    from vcq.metrics import mean_psnr
+    from vcq.tokenizer import load_tokenizer, reconstruct, schedule_of, tokenize_images
     from vcq.train import read_config
 
     recon, psnrs, originals = {}, {}, None
@@ -82,8 +84,7 @@ def main() -> None:
         val = DataSpec(**cfg["data"]).load("val", model.cfg, augment=False)
         x = val.images(np.arange(min(1000, len(val))))
         r = reconstruct(model, x)
-        mse = np.mean((r.astype(np.float64) - x) ** 2)
-        psnrs[kind] = float(10 * np.log10(255.0**2 / mse))
+        psnrs[kind] = mean_psnr(x, r)
         recon[kind], originals = r[:12], x[:12]
         dump = DataSpec("patches", n=args.n_dump, seed=cfg["data"]["seed"])
         tokens = tokenize_images(model, dump.load("all", model.cfg, augment=False), batch_size=500)

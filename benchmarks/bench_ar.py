@@ -17,7 +17,7 @@ import torch
 
 from entropy_cliff.schedules import Schedule
 from vcq.ar import ARTransformer, next_token_loss
-from vcq.evaluate import memorization
+from vcq.metrics import memorization
 from vcq.presets import AR_PRESETS, SamplingConfig, override
 from vcq.sampling import sample
 

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_tokenizer.py --preset tiny --batch-size 32 --steps 30 [--kmax 1024] [--device cuda]
 
-Runs :func:`vcq.tokenizer.train_tokenizer` on ``patches`` in a temporary directory: ``--warmup``
+Runs :func:`vcq.train_tokenizer.train_tokenizer` on ``patches`` in a temporary directory: ``--warmup``
 steps first (stopped with a checkpoint), then resumed for ``--steps`` timed steps; the rate is the
 loop's own (data, forward, backward, optimizer; the final checkpoint is written after the timing).
 Prints one JSON object.
@@ -18,7 +18,9 @@ import tempfile
 import torch
 
 from vcq.presets import TOKENIZER_PRESETS, override
-from vcq.tokenizer import DataSpec, Tokenizer1D, run_config, train_tokenizer
+from vcq.data import DataSpec
+from vcq.tokenizer import Tokenizer1D
+from vcq.train_tokenizer import run_config, train_tokenizer
 
 
 def main() -> None:

@@ -335,3 +335,4 @@ def save_tokens(
             raise EntropyCliffError(f"labels of shape {labels.shape} do not match N = {tokens.shape[0]}")
         save_npy_atomic(p.with_name(_stem(p) + LABELS_SUFFIX), labels.astype(smallest_uint_dtype(int(labels.max(initial=0)))))
     return p
+

@@ -1,4 +1,4 @@
-"""vcq.evaluate: metrics against closed forms and brute-force references."""
+"""vcq.metrics against closed forms and brute-force references; vcq.features and vcq.evaluate."""
 
 import math
 
@@ -9,9 +9,10 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from entropy_cliff.errors import EntropyCliffError
-from vcq.evaluate import (ClassifierSpec, DatasetClassifier, fid, frechet_distance, generation_metrics,
-                          inception_score, linear_probe, longest_training_prefix, memorization,
-                          precision_recall, psnr, token_features)
+from vcq.evaluate import generation_metrics
+from vcq.features import CLASSIFIER, PORT, ClassifierSpec, DatasetClassifier, PortInception, small_sample_warning
+from vcq.metrics import (fid, frechet_distance, inception_score, linear_probe, longest_training_prefix, mean_psnr,
+                         memorization, precision_recall, psnr, token_features)
 
 
 def test_psnr_of_a_known_error():
@@ -21,6 +22,24 @@ def test_psnr_of_a_known_error():
     b[1, 0, 0, 0] = 48  # MSE 48^2 / 48 = 48
     np.testing.assert_allclose(psnr(a, b), [20 * math.log10(255), 10 * math.log10(255**2 / 48)])
     assert psnr(a, a)[0] == np.inf
+    # the one definition: images in [0, 1], PSNR per image, then the mean over images
+    x01, y01 = a / 255.0, b / 255.0
+    per_image = [10 * math.log10(1 / np.mean((x01[i] - y01[i]) ** 2)) for i in range(2)]
+    assert mean_psnr(a, b) == pytest.approx(np.mean(per_image))
+    assert mean_psnr(x01, y01, data_range=1.0) == pytest.approx(np.mean(per_image))
+
+
+def test_inception_score_uses_ten_equal_splits():
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(5) * 0.3, size=100)
+    scores = []
+    for part in np.split(p, 10):
+        m = part.mean(0)
+        scores.append(math.exp(np.mean([np.sum(q * np.log(q / m)) for q in part])))
+    mean, std = inception_score(p)
+    assert mean == pytest.approx(np.mean(scores)) and std == pytest.approx(np.std(scores))
+    with pytest.raises(EntropyCliffError, match="10 splits"):
+        inception_score(p[:9])
 
 
 def test_fid_of_a_set_against_itself_is_zero():
@@ -152,17 +171,21 @@ def test_dataset_classifier_learns_caches_and_gives_dfid(tmp_path):
     again = DatasetClassifier.load_or_train(spec, xtr[:0], ytr[:0], xva, yva, tmp_path)  # from the cache
     np.testing.assert_array_equal(again(xva)[0], clf(xva)[0])
     same = generation_metrics(clf, xva, xva)
-    assert set(same) == {"dFID", "precision", "recall", "dIS"}
+    assert set(same) == {"dFID", "precision", "recall", "dIS", "dIS_std", "is_splits"} and same["is_splits"] == 10
     assert same["dFID"] == pytest.approx(0, abs=1e-6) and same["precision"] == 1.0
     only_class0 = generation_metrics(clf, xva, xva[yva == 0])
     assert only_class0["dFID"] > 1.0 and only_class0["recall"] < 0.6
     assert same["dIS"] > only_class0["dIS"]
+    assert clf.name == CLASSIFIER and clf.dim == 64
+    warn = small_sample_warning(clf, 16)
+    assert "16 samples is not meaningful" in warn and "1000" in warn and "dataset classifier" in warn
+    assert small_sample_warning(clf, 1000) is None
 
 
 def test_fid_inception_has_the_reference_layout_and_loads_its_own_state_dict(tmp_path):
     import torch
 
-    from vcq.evaluate import InceptionExtractor
+    from vcq.features import inception_extractor, torch_fidelity_status
     from vcq.fid_inception import FIDInceptionV3
 
     net = FIDInceptionV3()
@@ -177,10 +200,39 @@ def test_fid_inception_has_the_reference_layout_and_loads_its_own_state_dict(tmp
     # 128*768 + 2*128 + 768*128*25 + 2*768 + 768*1000 + 1000 = 3,326,696; 1008 classes add 8*2049
     assert n_params == 27_161_264 - 3_326_696 + 8 * 2049
     torch.save({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, tmp_path / "pt.pth")
-    ext = InceptionExtractor(tmp_path / "pt.pth")
+    ext = inception_extractor(tmp_path / "pt.pth")
+    assert ext.name == (PORT if not torch_fidelity_status()[0] else "torch-fidelity inception-v3-compat")
+    assert small_sample_warning(ext, 1000) is not None and small_sample_warning(ext, 20480) is None
     feats, probs = ext(np.random.default_rng(0).integers(0, 256, (2, 20, 20, 1), dtype=np.uint8))
     assert feats.shape == (2, 2048) and probs.shape == (2, 1008)
     np.testing.assert_allclose(probs.sum(1), 1.0)
     torch.save({"fc.weight": state["fc.weight"]}, tmp_path / "bad.pth")
     with pytest.raises(EntropyCliffError, match="not FID Inception-v3 weights"):
-        InceptionExtractor(tmp_path / "bad.pth")
+        PortInception(tmp_path / "bad.pth")
+
+
+def _torch_fidelity_reason() -> str:
+    from vcq.features import torch_fidelity_status
+
+    return torch_fidelity_status()[1]
+
+
+@pytest.mark.skipif(not __import__("vcq.features").features.torch_fidelity_status()[0], reason=_torch_fidelity_reason())
+def test_port_and_torch_fidelity_give_equal_features_with_the_same_weights(tmp_path):
+    """Parity: one weights file in both networks gives the same 2048-d features (299 × 299 input,
+    so neither network resizes). Runs wherever torch-fidelity (and torchvision) import."""
+    import torch
+
+    from vcq.features import TorchFidelityInception
+    from vcq.fid_inception import FIDInceptionV3
+
+    torch.manual_seed(0)
+    net = FIDInceptionV3()
+    for m in net.modules():  # non-trivial BatchNorm statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    torch.save(net.state_dict(), tmp_path / "pt.pth")
+    x = np.random.default_rng(0).integers(0, 256, (4, 299, 299, 3), dtype=np.uint8)
+    ours, theirs = PortInception(tmp_path / "pt.pth")(x), TorchFidelityInception(tmp_path / "pt.pth")(x)
+    np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-4, atol=1e-4)

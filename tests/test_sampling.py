@@ -121,11 +121,76 @@ def test_filters_keep_top_k_and_the_nucleus():
     assert torch.isfinite(filter_logits(logits, top_p=1.0)).all()
 
 
-@pytest.mark.parametrize("bad,msg", [(dict(top_p=0.0), "top-p"), (dict(top_p=1.5), "top-p"),
-                                     (dict(scale=-1.0), "scale"), (dict(temperature=0.0), "temperature")])
-def test_bad_sampling_settings(bad, msg):
+@pytest.mark.parametrize("bad,msg", [(dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"),
+                                     (dict(scale=-1.0), "scale"), (dict(temperature=0.0), "temperature"),
+                                     (dict(top_k=-1), "top_k"), (dict(schedule="ramp"), "schedule"),
+                                     (dict(scale=4.0, schedule="none"), "scale = 4.0 would be ignored")])
+def test_bad_sampling_settings_are_refused_when_the_config_is_built(bad, msg):
     with pytest.raises(EntropyCliffError, match=msg):
-        sample(tiny_model(), np.array([0]), SamplingConfig(**bad))
+        SamplingConfig(**bad)
+
+
+def test_a_scale_alone_means_standard_constant_cfg():
+    """SamplingConfig(scale=4) guides with s_t = 4 at every position: it cannot silently do nothing."""
+    cfg = SamplingConfig(scale=4.0)
+    k = tiny_model().K.numpy()
+    np.testing.assert_array_equal(guidance_scales(k, cfg.scale, cfg.schedule, cfg.power, cfg.codebook_aware),
+                                  np.full(len(k), 4.0))
+    seen = []
+    sample(tiny_model(), np.arange(3), cfg, seed=0, observe=lambda t, lg: seen.append(lg.shape[0]))
+    assert seen == [3] * 8  # guided: the sampler mixed 3 conditional with 3 null-class rows
+
+
+def test_cfg_mixing_matches_an_independent_computation():
+    """The sampler's logits at every step equal l_u + s_t (l_c - l_u), with l_c and l_u from two
+    separate full forward passes (no cache, true and null class) and s_t computed here by hand from
+    the pow-cosine ramp and the log capacity ratio (SPEC §5)."""
+    model = tiny_model()
+    K = [int(k) for k in model.K]
+    L, w, p = len(K), 3.0, 1.5
+    cfg = SamplingConfig(scale=w, schedule="cosine", power=p, codebook_aware=True, temperature=0.8)
+    labels = torch.tensor([0, 1, 2, 1])
+    seen = {}
+    tokens = sample(model, labels, cfg, seed=3, observe=lambda t, lg: seen.__setitem__(t, lg.clone()))
+    lo, hi = math.log2(min(K)), math.log2(max(K))
+    null = torch.full_like(labels, model.cfg.num_classes)
+    with torch.no_grad():
+        for t in range(L):
+            base = 1 + (w - 1) * (1 - math.cos(math.pi * (t / L) ** p)) / 2
+            s_t = 1 + (math.log2(K[t]) - lo) / (hi - lo) * (base - 1)
+            l_c = model(tokens[:, :t], labels)[:, -1]
+            l_u = model(tokens[:, :t], null)[:, -1]
+            expect = (l_u + s_t * (l_c - l_u)) / cfg.temperature
+            valid = torch.arange(model.cfg.kmax) < K[t]
+            got = seen[t]
+            assert torch.isinf(got[:, ~valid]).all() and (got[:, ~valid] < 0).all()
+            torch.testing.assert_close(got[:, valid], expect[:, valid], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(torch.softmax(got, -1)[:, valid], torch.softmax(expect[:, valid], -1),
+                                       rtol=1e-5, atol=1e-6)
+    assert s_t != 1.0  # the last positions are guided
+
+
+def test_a_sampling_request_beyond_memory_is_refused_at_once(monkeypatch):
+    from vcq import resources
+
+    model = tiny_model()
+    need = resources.sampling_bytes(model.cfg.depth, model.cfg.dim, model.cfg.length, model.cfg.kmax, 6, True)
+    assert need == 4 * 12 * (2 * 2 * 8 * 32 + 3 * 16)  # KV cache + logits/noise of 2 x 6 rows
+    monkeypatch.setattr(resources, "available_bytes", lambda device: need)  # 90% of it is not enough
+    with pytest.raises(EntropyCliffError, match="sampling n = 6 sequences at once needs about"):
+        sample(model, np.arange(6) % 3, SamplingConfig(scale=2.0))
+    sample(model, np.arange(6) % 3, SamplingConfig())  # unguided: half the rows fit
+
+
+def test_ctrl_c_while_sampling_names_what_happened(monkeypatch):
+    model = tiny_model()
+
+    def interrupt(t, logits):
+        if t == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt, match="sampling stopped at token 3 of 8; nothing was written"):
+        sample(model, np.arange(3), SamplingConfig(), observe=interrupt)
 
 
 def test_out_of_range_class_ids():

@@ -13,7 +13,8 @@ from torch import nn
 from entropy_cliff.errors import EntropyCliffError
 from vcq.data import ImageSet
 from vcq.presets import TokenizerConfig, TrainConfig
-from vcq.tokenizer import DataSpec, run_config, train_tokenizer
+from vcq.data import DataSpec
+from vcq.train_tokenizer import run_config, train_tokenizer
 from vcq.train import Task, batch_indices, frozen, lr_at, param_groups, train
 
 SMALL = TokenizerConfig(image_size=8, patch_size=4, num_latent=6, enc_width=16, enc_depth=1, enc_heads=2,
@@ -119,13 +120,85 @@ def test_interrupted_run_resumes_from_last_checkpoint(tmp_path, monkeypatch):
         return original(self, idx, rng)
 
     monkeypatch.setattr(ImageSet, "batch", crashing)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="--resume continues .*crash from step 4"):
         train_tokenizer(cfg, tmp_path / "crash", quiet=True)
     monkeypatch.setattr(ImageSet, "batch", original)
     assert torch.load(tmp_path / "crash" / "train_state.pt", weights_only=False)["step"] == 4
     assert not [p for p in (tmp_path / "crash").iterdir() if p.name.startswith(".")]  # no temporaries
     train_tokenizer(cfg, tmp_path / "crash", resume=True, quiet=True)
     _assert_same_run(tmp_path / "full", tmp_path / "crash")
+
+
+def test_tokenizer_logs_validation_metrics_with_the_one_psnr(tmp_path):
+    cfg = run_config(SMALL, TRAIN, DATA, "test")
+    train_tokenizer(cfg, tmp_path, quiet=True)
+    rows = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all({"val_l1", "val_psnr", "psnr"} <= set(r) for r in rows)
+    # val_psnr is vcq.metrics.mean_psnr of the fixed validation images, recomputed here from the weights
+    from vcq.images import to_tensor, to_uint8
+    from vcq.metrics import mean_psnr
+    from vcq.runs import load_run
+
+    run = load_run(tmp_path)
+    assert run.task == "tokenizer" and run.step == 6 and run.data == DATA
+    val = DATA.load("val", SMALL, augment=False)
+    x = val.images(np.arange(min(64, len(val))))
+    with torch.no_grad():
+        recon = to_uint8(run.model(to_tensor(x)).recon)
+    assert rows[-1]["val_psnr"] == pytest.approx(mean_psnr(x, recon), rel=1e-6)
+
+
+def test_train_checks_its_config_and_names_fields(tmp_path):
+    from dataclasses import replace
+
+    for bad, msg in ((dict(lr=0.0), "lr must be > 0, got 0.0"), (dict(steps=0), "steps must be >= 1, got 0"),
+                     (dict(grad_clip=-1.0), "grad_clip must be >= 0"), (dict(warmup_steps=-1), "warmup_steps")):
+        with pytest.raises(EntropyCliffError, match=msg):
+            train(LinearTask(), ArrayData(), replace(TrainConfig(), **bad), tmp_path, config={}, quiet=True)
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_training_beyond_memory_is_refused_before_any_work(tmp_path, monkeypatch):
+    from vcq import resources
+
+    monkeypatch.setattr(resources, "available_bytes", lambda device: 100)
+    with pytest.raises(EntropyCliffError, match=r"training \(weights, gradients, AdamW state\) needs about 160 B"):
+        train(LinearTask(), ArrayData(), TrainConfig(), tmp_path / "r", config={}, quiet=True)
+    assert not (tmp_path / "r").exists()
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_path):
+    class Interrupting(LinearTask):
+        def step(self, models, batch, step):
+            if step == 2:
+                raise KeyboardInterrupt
+            return super().step(models, batch, step)
+
+    cfg = TrainConfig(steps=5, batch_size=4, lr=0.05, warmup_steps=1, ckpt_every=100, log_every=1)
+    with pytest.raises(KeyboardInterrupt, match="stopped at step 2 before the first checkpoint .*nothing to resume"):
+        train(Interrupting(), ArrayData(), cfg, tmp_path, config={"train": cfg.__dict__}, quiet=True)
+
+
+def test_progress_prints_plain_lines_off_a_terminal_and_nothing_when_quiet(tmp_path, capsys):
+    import io
+
+    from vcq.progress import Progress
+
+    buf = io.StringIO()  # not a tty: plain lines
+    with Progress(10, desc="train", unit="step", stream=buf, every_s=0.0) as bar:
+        for _ in range(10):
+            bar.postfix(loss="0.5")
+            bar.update(1)
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 11 and lines[0].startswith("train: step 1/10 (10%), ") and lines[-1].endswith("loss 0.5")
+    assert "step 10/10 (100%)" in lines[-1]
+    quiet = io.StringIO()
+    with Progress(10, stream=quiet, quiet=True, every_s=0.0) as bar:
+        bar.update(10)
+    assert quiet.getvalue() == ""
+    cfg = TrainConfig(steps=3, batch_size=4, lr=0.05, warmup_steps=1, ckpt_every=100, log_every=1)
+    train(LinearTask(), ArrayData(), cfg, tmp_path, config={"train": cfg.__dict__}, log=lambda s: None)
+    assert "train: step 3/3 (100%)" in capsys.readouterr().err  # the end line of a non-terminal run
 
 
 def test_existing_runs_are_not_overwritten_and_resume_checks_the_config(tmp_path):

@@ -148,10 +148,12 @@ def test_cli_train_sample_evaluate(cli_run):
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["sample", "--scale", "-1"], "guidance scale must be >= 0"),
-    (["sample", "--top-p", "1.5"], "top-p must lie in (0, 1]"),
-    (["sample", "--top-p", "0"], "top-p must lie in (0, 1]"),
+    (["sample", "--scale", "-1"], "guidance scale must be a finite number >= 0"),
+    (["sample", "--top-p", "1.5"], "top_p must lie in (0, 1]"),
+    (["sample", "--top-p", "0"], "top_p must lie in (0, 1]"),
     (["sample", "--class", "0,7"], "class ids must lie in [0, 4)"),
+    (["sample", "--n", "1000000000000", "--scale", "2"], "sampling n = 1000000000000 sequences at once needs about"),
+    (["sample", "--schedule", "none", "--scale", "3"], "scale = 3.0 would be ignored"),
 ])
 def test_cli_bad_sampling_input(cli_run, args, msg):
     d, _, _ = cli_run
@@ -173,8 +175,9 @@ def test_cli_bad_training_input(cli_run, tmp_path):
 
 def _tokenizer_run(path, kmax):
     from vcq.presets import TokenizerConfig
-    from vcq.tokenizer import DataSpec, Tokenizer1D
-    from vcq.tokenizer import run_config as tokenizer_run_config
+    from vcq.data import DataSpec
+    from vcq.tokenizer import Tokenizer1D
+    from vcq.train_tokenizer import run_config as tokenizer_run_config
     from vcq.train import save_weights
 
     cfg = TokenizerConfig(image_size=8, patch_size=4, num_latent=6, enc_width=16, enc_depth=1, enc_heads=2,
@@ -196,7 +199,18 @@ def test_cli_sample_decodes_a_grid_and_refuses_a_tokenizer_with_other_K_t(tmp_pa
     from PIL import Image
 
     grid = np.asarray(Image.open(tmp_path / "s/grid.png"))
-    assert grid.shape == (2 * (16 + 2) + 2, 3 * (16 + 2) + 2, 3)  # 2 rows x 3 columns of 8x8 images, upscaled 2x
+    # 2 rows x 3 columns of 8x8 images upscaled 12x to 96-pixel cells, each under a 12-pixel caption
+    assert grid.shape == (2 * (12 + 96 + 2) + 2, 3 * (96 + 2) + 2, 3)
+    assert (grid[2:14, 2:98] < 128).any()  # the caption "class 0" is drawn above the first cell
+    res = run_cli("evaluate", "--samples", tmp_path / "s", "--tokenizer", good, "--n-real", 40, "--n-recon", 20,
+                  "--cache-dir", tmp_path / "cache", "--out", tmp_path / "ev.json", "--quiet")
+    assert res.exit_code == 0, res.output
+    ev = json.loads((tmp_path / "ev.json").read_text())
+    assert ev["feature_extractor"] == "dataset classifier (dFID; not comparable to FID)"
+    assert "features: dataset classifier (dFID; not comparable to FID)" in res.output
+    warn = "generation: dFID from 6 samples is not meaningful: use at least 1000"
+    assert any(w.startswith(warn) for w in ev["warnings"]) and f"vcq: warning: {warn}" in res.output
+    assert ev["generation"]["is_splits"] == 1 and ev["reconstruction"]["images"] == 20
     res = run_cli("sample", "--ckpt", tmp_path / "run", "--tokenizer", bad, "--out", tmp_path / "s2")
     assert res.exit_code == 2 and "K_t disagree" in res.output and not (tmp_path / "s2").exists()
 

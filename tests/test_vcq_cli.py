@@ -69,7 +69,8 @@ def test_dump_then_measure_round_trip(run, tmp_path):
     p = counts / counts.sum()
     assert res["positions"][2]["H_prefix"] == pytest.approx(-(p * np.log2(p)).sum(), abs=1e-9)
     # the same images tokenized by the library give the same tokens
-    from vcq.tokenizer import DataSpec, load_tokenizer, tokenize_images
+    from vcq.data import DataSpec
+    from vcq.tokenizer import load_tokenizer, tokenize_images
 
     model = load_tokenizer(run)
     imgs = DataSpec("shapes", n=60).load("train", model.cfg, augment=False)
@@ -108,7 +109,7 @@ def test_bad_input_is_one_line_and_exit_2(run, tmp_path):
     base = ["train-tokenizer", *SMALL, "--out", str(tmp_path / "x")]
     assert "K_min = 300 exceeds K_max = 256" in _one_line_error(cli.invoke(main, [*base, "--kmin", "300"]))
     assert "unknown tokenizer preset 'huge'" in _one_line_error(cli.invoke(main, [*base, "--preset", "huge"]))
-    assert "--lr must be > 0" in _one_line_error(cli.invoke(main, [*base, "--lr", "0"]))
+    assert "lr must be > 0, got 0.0" in _one_line_error(cli.invoke(main, [*base, "--lr", "0"]))
     assert "already holds a run" in _one_line_error(cli.invoke(main, ["train-tokenizer", *SMALL, "--out", str(run)]))
     msg = _one_line_error(cli.invoke(main, ["train-tokenizer", "--out", str(run), "--resume", "--schedule", "linear"]))
     assert "model.schedule: 'cosine' -> 'linear'" in msg

@@ -110,34 +110,15 @@ def _flag_values(flags: list[tuple[str, str, str, Any, str]], kwargs: dict[str, 
     return out
 
 
+def _logger(quiet: bool):
+    return (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
+
+
 def _set_threads(threads: int | None) -> None:
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-
-
-def resolve_tokenizer_config(preset: str | None, given: dict[str, dict[str, Any]], base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The run config: ``base`` (a saved config, on resume) or the preset (default ``tiny``), with
-    the given flags replacing fields. Checks the schedule (K_min <= K_max) by building it."""
-    from vcq.presets import TOKENIZER_PRESETS, TokenizerConfig, TrainConfig, from_dict, lookup, override
-    from vcq.tokenizer import DataSpec, run_config, schedule_of
-    from vcq.train import check_train_config
-
-    if base is None or preset is not None:
-        p = lookup(TOKENIZER_PRESETS, preset or "tiny", "tokenizer preset")
-        name, model, train_cfg, data = preset or "tiny", p.model, p.train, DataSpec()
-    else:
-        name = base.get("preset", "custom")
-        model = from_dict(TokenizerConfig, base["model"])
-        train_cfg = from_dict(TrainConfig, base["train"])
-        data = from_dict(DataSpec, base["data"])
-    model = override(model, **given.get("model", {}))
-    train_cfg = override(train_cfg, **given.get("train", {}))
-    data = override(data, **given.get("data", {}))
-    schedule_of(model)
-    check_train_config(train_cfg, ("steps", "batch_size", "ckpt_every", "log_every", "preview_every"))
-    return run_config(model, train_cfg, data, name)
 
 
 def run_options(f):
@@ -161,15 +142,12 @@ def train_tokenizer_cmd(preset, out, resume, stop_at, device, threads, quiet, **
     vcq train-tokenizer --preset tiny --data digits --schedule cosine --kmin 2 --kmax 256 --steps 500 --out runs/tok
     torchrun --nproc_per_node 8 -m vcq.cli train-tokenizer --preset base --data folder --data-path imagenet/train --out runs/b
     """
-    from vcq.tokenizer import train_tokenizer
-    from vcq.train import read_config
+    from vcq.runs import train_run
 
     _set_threads(threads)
-    given = _flag_values(TOKENIZER_FLAGS, kwargs)
-    base = read_config(out) if resume else None
-    config = resolve_tokenizer_config(preset, given, base)
-    log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
-    res = train_tokenizer(config, out, resume=resume, stop_at=stop_at, quiet=quiet, device=device, log=log)
+    out_ = train_run("tokenizer", out, preset=preset, overrides=_flag_values(TOKENIZER_FLAGS, kwargs), resume=resume,
+                     stop_at=stop_at, device=device, quiet=quiet, log=_logger(quiet))
+    res = out_.result
     if not quiet and res.metrics:
         click.echo(f"step {res.step}: loss {res.metrics['loss']:.4f}, PSNR {res.metrics.get('psnr', float('nan')):.2f} dB, "
                    f"{res.steps_per_s:.2f} steps/s", err=True)
@@ -226,30 +204,14 @@ AR_FLAGS: list[tuple[str, str, str, Any, str]] = [
 ] + [f for f in TOKENIZER_FLAGS if f[1] == "train"]
 
 
-def resolve_ar_config(preset: str | None, given: dict[str, dict[str, Any]], data: dict[str, Any]) -> dict[str, Any]:
-    """The AR run config: the preset (default ``tiny``) with the flags given, K_t and the class
-    count from the token dump (checked against its sidecar and labels)."""
-    from vcq.presets import AR_PRESETS, lookup, override
-    from vcq.train import check_train_config
-    from vcq.train_ar import ar_config_for_dump, load_token_dump, run_config
-
-    p = lookup(AR_PRESETS, preset or "tiny", "AR preset")
-    model_given = dict(given.get("model", {}))
-    num_classes = model_given.pop("num_classes", None)
-    dump = load_token_dump(data["tokens"], data["labels"])
-    model = ar_config_for_dump(override(p.model, **model_given), dump, num_classes)
-    train_cfg = override(p.train, **given.get("train", {}))
-    check_train_config(train_cfg)
-    return run_config(model, train_cfg, data, preset or "tiny")
-
-
 @main.command("train-ar")
 @click.option("--tokens", "tokens", required=True, type=click.Path(), help="token dump NAME.npy (sidecar beside it).")
-@click.option("--labels", "labels", type=click.Path(), help="labels .npy (default: labels.npy beside the tokens).")
+@click.option("--labels", "labels", type=click.Path(), help="labels .npy (default: NAME.labels.npy beside NAME.npy, "
+              "else labels.npy).")
 @click.option("--val-tokens", type=click.Path(), help="a held-out token dump for the validation NLL.")
-@click.option("--val-labels", type=click.Path(), help="labels of --val-tokens (default: beside them).")
+@click.option("--val-labels", type=click.Path(), help="labels of --val-tokens (default: found as for --labels).")
 @click.option("--val-fraction", type=float,
-              help="without --val-tokens: share of the dump's rows held out (default 0.05; --resume: the run's).")
+              help="without --val-tokens: share of the dump's rows held out (default 0.1; --resume: the run's).")
 @click.option("--preset", help="AR preset: tiny (CPU), B, L, XL (paper). Default tiny.")
 @_flag_options(AR_FLAGS)
 @run_options
@@ -268,25 +230,13 @@ def train_ar_cmd(tokens, labels, val_tokens, val_labels, val_fraction, preset, o
     """
     import json
 
-    from entropy_cliff.io import labels_path
-    from vcq.train import read_config
-    from vcq.train_ar import train_ar
+    from vcq.runs import train_run
 
-    given = _flag_values(AR_FLAGS, kwargs)
-    labels = labels or str(labels_path(tokens))
-    data = {"tokens": str(tokens), "labels": str(labels)}
-    if val_fraction is not None:
-        data["val_fraction"] = val_fraction
-    if val_tokens:
-        data.update(val_tokens=str(val_tokens), val_labels=str(val_labels or labels_path(val_tokens)))
-    if resume:  # the saved config with the flags given; the loop refuses any change that matters
-        saved = read_config(out)
-        config = {**saved, "data": {**saved.get("data", {}), **data},
-                  **{sec: {**saved.get(sec, {}), **vals} for sec, vals in given.items()}}
-    else:
-        config = resolve_ar_config(preset, given, {"val_fraction": 0.05, **data})
-    log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
-    res, nll = train_ar(config, out, resume=resume, stop_at=stop_at, quiet=quiet, device=device, log=log)
+    data = {"tokens": tokens, "labels": labels, "val_tokens": val_tokens, "val_labels": val_labels,
+            "val_fraction": val_fraction}
+    out_ = train_run("ar", out, preset=preset, overrides=_flag_values(AR_FLAGS, kwargs), data=data, resume=resume,
+                     stop_at=stop_at, device=device, quiet=quiet, log=_logger(quiet))
+    res, nll, config = out_.result, out_.nll, out_.config
     if fmt == "json":
         click.echo(json.dumps(nll, indent=2))
         return
@@ -305,7 +255,7 @@ SAMPLING_FLAGS: list[tuple[str, str, str, Any, str]] = [
     ("--temperature", "sampling", "temperature", float, "softmax temperature (> 0)."),
     ("--scale", "sampling", "scale", float, "base CFG scale w (>= 0; 1 = no guidance)."),
     ("--schedule", "sampling", "schedule", click.Choice(("none", "constant", "linear", "cosine")),
-     "guidance ramp over positions (cosine = pow-cosine, docs/formulas.md)."),
+     "guidance ramp over positions (default constant; cosine = pow-cosine, docs/formulas.md; none needs --scale 1)."),
     ("--power", "sampling", "power", float, "p of the pow-cosine ramp (0 = constant w)."),
     ("--codebook-aware/--no-codebook-aware", "sampling", "codebook_aware", None,
      "CodebookSize-Aware CFG: s_t = 1 + r_t (s_t^base - 1) (paper Eq. 4)."),
@@ -336,52 +286,17 @@ def sample_cmd(ckpt, tokenizer, n, classes, preset, ratio, seed, no_cache, cols,
     vcq sample --ckpt runs/ar --tokenizer runs/tok --n 16 --scale 4 --schedule cosine --power 1.5 --codebook-aware --out samples/
     vcq sample --ckpt runs/ar --preset vcq-cosine-nocfg --n 64 --out samples/
     """
-    import numpy as np
-    import torch
+    from vcq.sampling import resolve_sampling, sample_run
 
-    from entropy_cliff.io import save_tokens
-    from vcq.evaluate import decode_tokens, image_grid
-    from vcq.presets import SAMPLING_PRESETS, SamplingConfig, lookup, override
-    from vcq.sampling import check_sampling, sample
-    from vcq.train_ar import load_ar
-
-    given = _flag_values(SAMPLING_FLAGS, kwargs).get("sampling", {})
-    cfg = override(lookup(SAMPLING_PRESETS, preset, "sampling preset") if preset else SamplingConfig(), **given)
-    if preset is None and "schedule" not in given and cfg.scale != 1.0:
-        cfg = override(cfg, schedule="constant")  # --scale alone means standard constant CFG
-    check_sampling(cfg)
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_ar(ckpt, dev)
-    if classes:
-        try:
-            ids = [int(c) for c in classes.split(",")]
-        except ValueError:
-            raise EntropyCliffError(f"--class must list integers, got {classes!r}") from None
-    else:
-        ids = list(range(model.cfg.num_classes))
-    labels = np.resize(np.asarray(ids, dtype=np.int64), n)
-    tok = None
-    if tokenizer:
-        from vcq.tokenizer import load_tokenizer
-
-        tok = load_tokenizer(tokenizer, dev)
-        if tuple(tok.quantizer.K.tolist()) != model.cfg.K:
-            raise EntropyCliffError(f"{tokenizer}: the tokenizer's K_t disagree with the AR model's")
-    tokens = sample(model, labels, cfg, seed=seed, use_cache=not no_cache, ratio=ratio, progress=not quiet).cpu().numpy()
-    grid = image_grid(decode_tokens(tok, tokens), cols) if tok is not None else None
-    outp = Path(out)
-    schedule = model.cfg.schedule or {"kind": "custom", "kmin": min(model.cfg.K), "kmax": model.cfg.kmax, "power": None}
-    save_tokens(outp / "tokens.npy", tokens, list(model.cfg.K), schedule,
-                {"ar": str(ckpt), "sampling": cfg.__dict__, "seed": seed, "ratio": ratio}, labels)
-    if grid is not None:
-        from PIL import Image
-
-        from entropy_cliff.io import atomic_path
-
-        with atomic_path(outp / "grid.png") as tmp:
-            Image.fromarray(grid).save(tmp, format="PNG")
+    cfg = resolve_sampling(preset, _flag_values(SAMPLING_FLAGS, kwargs).get("sampling", {}))
+    try:
+        ids = [int(c) for c in classes.split(",")] if classes else None
+    except ValueError:
+        raise EntropyCliffError(f"--class must list integers, got {classes!r}") from None
+    res = sample_run(ckpt, out, n=n, classes=ids, cfg=cfg, tokenizer=tokenizer, seed=seed, ratio=ratio,
+                     use_cache=not no_cache, cols=cols, device=device, progress=not quiet)
     if not quiet:
-        click.echo(f"wrote {n} samples to {outp}" + (" (grid.png)" if grid is not None else ""), err=True)
+        click.echo(f"wrote {n} samples to {res.out}" + (" (grid.png)" if res.grid is not None else ""), err=True)
 
 
 @main.command("evaluate")
@@ -389,7 +304,8 @@ def sample_cmd(ckpt, tokenizer, n, classes, preset, ratio, seed, no_cache, cols,
 @click.option("--ckpt", type=click.Path(file_okay=False), help="AR run directory (NLL, probe, memorization).")
 @click.option("--tokenizer", type=click.Path(file_okay=False), help="tokenizer run directory (PSNR, FID/dFID).")
 @click.option("--pt-inception", type=click.Path(dir_okay=False),
-              help="local pt_inception-2015-12-05 weights (FID); without it a dataset classifier gives dFID.")
+              help="local pt_inception-2015-12-05 weights (FID; torch-fidelity's network when it imports, "
+                   "else our port); without it a dataset classifier gives dFID.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default="runs/dfid-cache", show_default=True,
               help="where the dFID classifier is cached.")
 @click.option("--n-real", type=click.IntRange(min=4), default=2000, show_default=True,
@@ -411,19 +327,21 @@ def evaluate_cmd(samples, ckpt, tokenizer, pt_inception, cache_dir, n_real, n_re
     """
     import json
 
-    from entropy_cliff.io import write_json_atomic
+    from entropy_cliff.io import prepare_output, write_json_atomic
     from vcq.evaluate import evaluate_run
 
-    if not (samples or ckpt or tokenizer):
-        raise EntropyCliffError("nothing to evaluate: give --samples, --ckpt and/or --tokenizer")
     try:
         firsts = tuple(0 if k.strip() == "all" else int(k) for k in probe_k.split(","))
     except ValueError:
         raise EntropyCliffError(f"--probe-k must list integers or 'all', got {probe_k!r}") from None
     if any(k < 1 and s.strip() != "all" for k, s in zip(firsts, probe_k.split(","))):
         raise EntropyCliffError("--probe-k values must be >= 1 (or 'all')")
+    if out:
+        prepare_output(out, "file")
     res = evaluate_run(samples, ckpt, tokenizer, inception_path=pt_inception, cache_dir=cache_dir, n_real=n_real,
                        n_recon=n_recon, probe_firsts=firsts, seed=seed, progress=not quiet)
+    for w in res.get("warnings", []):
+        click.echo(f"vcq: warning: {w}", err=True)
     if out:
         write_json_atomic(out, res)
     if fmt == "json":
@@ -435,7 +353,7 @@ def evaluate_cmd(samples, ckpt, tokenizer, pt_inception, cache_dir, n_real, n_re
 
 def format_evaluation(res: dict[str, Any]) -> list[str]:
     """Human-readable lines for :func:`vcq.evaluate.evaluate_run` output."""
-    lines = []
+    lines = [f"features: {res['feature_extractor']}"] if "feature_extractor" in res else []
     if "reconstruction" in res:
         r = res["reconstruction"]
         extra = "".join(f", {k} {v:.3f}" for k, v in r.items() if k.startswith("r"))
@@ -465,6 +383,20 @@ def format_evaluation(res: dict[str, Any]) -> list[str]:
                              f"mean seen prefix {m[name]['mean_prefix']:.2f}; prefix seen at m = " +
                              ", ".join(f"{k}: {100 * share[k - 1]:.0f}%" for k in sorted(set(marks)) if k <= len(share)))
     return lines
+
+
+@main.command("plot-metrics")
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), help="PNG to write (default RUN/metrics.png).")
+def plot_metrics_cmd(run, out) -> None:
+    """Draw a run's training curves from RUN/metrics.jsonl: loss, validation metrics, learning rate.
+
+    \b
+    vcq plot-metrics runs/ar --out ar_curves.png
+    """
+    from vcq.plots import plot_metrics
+
+    click.echo(f"wrote {plot_metrics(run, out)}", err=True)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from entropy_cliff.errors import EntropyCliffError
 
 DATASETS = ("digits", "patches", "shapes", "folder", "npy")
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "stripes")
+VAL_FRACTION = 0.1  # share of a dataset (images or token rows) held out as validation, unless a run says otherwise
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 PATCH_SOURCES = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",
                  "retina", "motorcycle", "camera", "grass", "gravel", "brick", "moon", "coins", "clock")
@@ -86,7 +87,7 @@ def split_indices(n: int, split: str, seed: int, val_fraction: float) -> np.ndar
 
 def load_dataset(name: str, *, split: str = "train", image_size: int = 32, channels: int = 3,
                  n: int | None = None, path: str | Path | None = None, labels_path: str | Path | None = None,
-                 seed: int = 0, val_fraction: float = 0.1, augment: bool | None = None) -> ImageSet:
+                 seed: int = 0, val_fraction: float = VAL_FRACTION, augment: bool | None = None) -> ImageSet:
     """Load dataset ``name`` at ``image_size`` × ``image_size`` × ``channels`` and take ``split``.
 
     ``augment`` (random horizontal flips) defaults to on for the train split.
@@ -117,6 +118,24 @@ def load_dataset(name: str, *, split: str = "train", image_size: int = 32, chann
     if len(pos) == 0:
         raise EntropyCliffError(f"split {split!r} of dataset {name!r} is empty")
     return full.subset(pos, split == "train" if augment is None else augment)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which images a tokenizer run reads (saved as ``config.json["data"]``)."""
+
+    name: str = "digits"
+    path: str | None = None
+    labels_path: str | None = None
+    n: int | None = None
+    seed: int = 0
+    val_fraction: float = VAL_FRACTION
+
+    def load(self, split: str, cfg, augment: bool | None = None) -> ImageSet:
+        """Split ``split`` at the image size and channels of tokenizer config ``cfg``."""
+        return load_dataset(self.name, split=split, image_size=cfg.image_size, channels=cfg.channels, n=self.n,
+                            path=self.path, labels_path=self.labels_path, seed=self.seed,
+                            val_fraction=self.val_fraction, augment=augment)
 
 
 def _need(path: str | Path | None, name: str) -> Path:

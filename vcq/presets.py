@@ -19,6 +19,7 @@ the commitment beta) follow TiTok / VQGAN practice and are marked as such below.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -240,23 +241,46 @@ AR_PRESETS: dict[str, ARPreset] = {
 }
 
 
+GUIDANCE_SCHEDULES = ("none", "constant", "linear", "cosine")
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Sampling settings (:func:`vcq.sampling.sample`).
+    """Sampling settings (:func:`vcq.sampling.sample`), checked when built.
 
     ``schedule`` is the guidance ramp over positions (none / constant / linear / cosine, the
-    pow-cosine of SPEC §5 with exponent ``power``); ``scale`` is the base CFG scale w;
-    ``codebook_aware`` applies the CodebookSize-Aware gating s_t = 1 + r_t (s_t^base - 1) (Eq. 4).
+    pow-cosine of SPEC §5 with exponent ``power``); ``scale`` is the base CFG scale w (1 = no
+    guidance); ``codebook_aware`` applies the CodebookSize-Aware gating s_t = 1 + r_t (s_t^base - 1)
+    (Eq. 4). The default ramp is ``constant``, so ``SamplingConfig(scale=4)`` is standard CFG with
+    w = 4; ``schedule="none"`` with a scale other than 1 is refused (it would ignore the scale).
     ``top_k = 0`` and ``top_p = 1.0`` disable those filters (the paper does not use them).
     """
 
     temperature: float = 1.0
     scale: float = 1.0
-    schedule: str = "none"
+    schedule: str = "constant"
     power: float = 1.0
     codebook_aware: bool = False
     top_k: int = 0
     top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise EntropyCliffError(f"temperature must be > 0, got {self.temperature}")
+        if not (self.scale >= 0 and math.isfinite(self.scale)):
+            raise EntropyCliffError(f"guidance scale must be a finite number >= 0, got {self.scale}")
+        if not (self.power >= 0 and math.isfinite(self.power)):
+            raise EntropyCliffError(f"guidance power must be a finite number >= 0, got {self.power}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise EntropyCliffError(f"top_p must lie in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise EntropyCliffError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if self.schedule not in GUIDANCE_SCHEDULES:
+            raise EntropyCliffError(f"unknown guidance schedule {self.schedule!r} "
+                                    f"(choose from {', '.join(GUIDANCE_SCHEDULES)})")
+        if self.schedule == "none" and self.scale != 1.0:
+            raise EntropyCliffError(f"schedule = 'none' applies no guidance, so scale = {self.scale} would be "
+                                    "ignored: choose schedule constant, linear or cosine, or scale 1")
 
 
 def _table7(scale: float, power: float, aware: bool) -> SamplingConfig:
@@ -264,7 +288,7 @@ def _table7(scale: float, power: float, aware: bool) -> SamplingConfig:
 
 
 def _nocfg(temperature: float) -> SamplingConfig:
-    return SamplingConfig(temperature=temperature)
+    return SamplingConfig(temperature=temperature, schedule="none")
 
 
 # Paper Table 7 ("cfg=0" rows sample without guidance). Constant codebooks use standard cosine

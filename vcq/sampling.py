@@ -29,17 +29,17 @@ the top-k / top-p set. Masked logits (-inf, indices >= K_t) can never win, so ev
 from __future__ import annotations
 
 import math
-import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from entropy_cliff.errors import EntropyCliffError
 from vcq.ar import ARTransformer, KVCache
-from vcq.presets import SamplingConfig
-
-GUIDANCE_SCHEDULES = ("none", "constant", "linear", "cosine")
+from vcq.presets import GUIDANCE_SCHEDULES, SamplingConfig
 RATIOS = ("log", "linear")
 
 
@@ -103,62 +103,129 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
-def check_sampling(cfg: SamplingConfig) -> None:
-    """Raise :class:`EntropyCliffError` for settings no sampler accepts."""
-    if not (cfg.temperature > 0 and math.isfinite(cfg.temperature)):
-        raise EntropyCliffError(f"temperature must be > 0, got {cfg.temperature}")
-    if cfg.scale < 0 or not math.isfinite(cfg.scale):
-        raise EntropyCliffError(f"guidance scale must be >= 0, got {cfg.scale}")
-    if not 0.0 < cfg.top_p <= 1.0:
-        raise EntropyCliffError(f"top-p must lie in (0, 1], got {cfg.top_p}")
-    if cfg.top_k < 0:
-        raise EntropyCliffError(f"top-k must be >= 0 (0 = off), got {cfg.top_k}")
-    if cfg.schedule not in GUIDANCE_SCHEDULES:
-        raise EntropyCliffError(f"unknown guidance schedule {cfg.schedule!r} (choose from {', '.join(GUIDANCE_SCHEDULES)})")
-
-
 def _gumbel(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
     u = torch.rand(shape, generator=generator, dtype=torch.float64).clamp_(1e-300, 1.0 - 1e-16)
     return (-torch.log(-torch.log(u))).to(device=device, dtype=torch.float32)
 
 
+def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """``l_u + s (l_c - l_u)`` on the valid entries (finite conditional logits), -inf elsewhere."""
+    mixed = uncond + float(scale) * (cond - uncond)
+    return torch.where(torch.isfinite(cond), mixed, torch.full_like(mixed, float("-inf")))
+
+
+def check_labels(labels: np.ndarray, num_classes: int) -> None:
+    """One class id per sample, each in [0, num_classes)."""
+    if labels.ndim != 1:
+        raise EntropyCliffError(f"labels must be one class id per sample, got shape {tuple(labels.shape)}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise EntropyCliffError(f"class ids must lie in [0, {num_classes}), got {int(labels.min())}..{int(labels.max())}")
+
+
 @torch.no_grad()
 def sample(model: ARTransformer, labels: torch.Tensor | np.ndarray, cfg: SamplingConfig = SamplingConfig(),
-           seed: int = 0, use_cache: bool = True, ratio: str = "log", progress: bool = False) -> torch.Tensor:
+           seed: int = 0, use_cache: bool = True, ratio: str = "log", progress: bool = False,
+           observe: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Sample token sequences (B, L) for class ``labels`` (B,) with the settings in ``cfg``.
 
     Guidance doubles the batch (conditional rows, then null-class rows) whenever some s_t != 1.
     ``use_cache=False`` recomputes the whole prefix at every step (the reference the cache is
     tested against). Noise comes from a CPU generator seeded with ``seed``, so results do not depend
-    on the cache or the device placement of the model.
+    on the cache or the device placement of the model. ``observe(t, logits)``, when given, sees the
+    logits each token t = 0..L-1 is drawn from (after guidance, temperature and filters). A request
+    whose KV cache cannot fit the device's free memory is refused before sampling starts.
     """
-    check_sampling(cfg)
+    from vcq.progress import Progress
+    from vcq.resources import check_memory, sampling_bytes
+
     model.eval()
     device = model.K.device
+    check_labels(np.asarray(labels), model.cfg.num_classes)
     labels = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=device)
-    if labels.ndim != 1:
-        raise EntropyCliffError(f"labels must be one class id per sample, got shape {tuple(labels.shape)}")
-    if labels.numel() and (labels.min() < 0 or labels.max() >= model.cfg.num_classes):
-        raise EntropyCliffError(f"class ids must lie in [0, {model.cfg.num_classes}), "
-                                f"got {int(labels.min())}..{int(labels.max())}")
     k_t = model.K.cpu().numpy()
     scales = guidance_scales(k_t, cfg.scale, cfg.schedule, cfg.power, cfg.codebook_aware, ratio)
     guided = bool(np.any(scales != 1.0))
     b, length, kmax = labels.shape[0], model.cfg.length, model.cfg.kmax
+    check_memory(sampling_bytes(model.cfg.depth, model.cfg.dim, length, kmax, b, guided), device,
+                 f"sampling n = {b} sequences at once")
     run_labels = torch.cat([labels, torch.full_like(labels, model.null_class)]) if guided else labels
     gen = torch.Generator().manual_seed(seed)
     cache = KVCache.empty(model, run_labels.shape[0], device, model.rope_cos.dtype) if use_cache else None
     tokens = torch.zeros(b, 0, dtype=torch.long, device=device)
-    for t in tqdm(range(length), disable=not progress or not sys.stderr.isatty(), desc="sample", unit="token",
-                  file=sys.stderr):
-        prefix = torch.cat([tokens, tokens]) if guided else tokens
-        logits = model(prefix, run_labels, cache)[:, -1]
-        if guided:
-            cond, uncond = logits[:b], logits[b:]
-            valid = torch.isfinite(cond)
-            mixed = uncond + float(scales[t]) * (cond - uncond)
-            logits = torch.where(valid, mixed, torch.full_like(mixed, float("-inf")))
-        logits = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)
-        nxt = torch.argmax(logits + _gumbel((b, kmax), gen, device), dim=-1)
-        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+    with Progress(length, desc="sample", unit="token", quiet=not progress) as bar:
+        try:
+            for t in range(length):
+                prefix = torch.cat([tokens, tokens]) if guided else tokens
+                logits = model(prefix, run_labels, cache)[:, -1]
+                if guided:
+                    logits = guided_logits(logits[:b], logits[b:], scales[t])
+                logits = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)
+                if observe is not None:
+                    observe(t, logits)
+                nxt = torch.argmax(logits + _gumbel((b, kmax), gen, device), dim=-1)
+                tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+                bar.update(1)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(f"sampling stopped at token {tokens.shape[1]} of {length}; nothing was "
+                                    "written (sampling has no checkpoints: run it again)") from None
     return tokens
+
+
+def resolve_sampling(preset: str | None = None, overrides: dict[str, Any] | None = None) -> SamplingConfig:
+    """The sampling settings: preset ``preset`` (paper Table 7) or the defaults, with ``overrides``
+    replacing fields (checked by :class:`SamplingConfig`)."""
+    from vcq.presets import SAMPLING_PRESETS, lookup, override
+
+    base = lookup(SAMPLING_PRESETS, preset, "sampling preset") if preset else SamplingConfig()
+    return override(base, **(overrides or {}))
+
+
+@dataclass
+class SampleResult:
+    out: Path
+    tokens: np.ndarray
+    labels: np.ndarray
+    grid: Path | None
+
+
+def sample_run(ckpt: str | Path, out: str | Path, *, n: int = 16, classes: list[int] | None = None,
+               cfg: SamplingConfig = SamplingConfig(), tokenizer: str | Path | None = None, seed: int = 0,
+               ratio: str = "log", use_cache: bool = True, cols: int | None = None, device: str | None = None,
+               progress: bool = False) -> SampleResult:
+    """Sample ``n`` sequences from the AR run ``ckpt`` for class ids ``classes`` (cycled; default
+    0..C-1) and write ``out/tokens.npy`` with its sidecar and labels, and with a ``tokenizer`` run
+    (same K_t) ``out/grid.png``: the decoded images, each captioned with its class id."""
+    from entropy_cliff.io import prepare_output, save_tokens
+    from vcq.images import image_grid, save_png
+    from vcq.runs import load_run
+
+    from vcq.resources import check_memory, sampling_bytes
+
+    if n < 1:
+        raise EntropyCliffError(f"n must be >= 1, got {n}")
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_run(ckpt, dev, task="ar").model
+    guided = bool(np.any(guidance_scales(model.K.cpu().numpy(), cfg.scale, cfg.schedule, cfg.power,
+                                         cfg.codebook_aware, ratio) != 1.0))
+    check_memory(sampling_bytes(model.cfg.depth, model.cfg.dim, model.cfg.length, model.cfg.kmax, n, guided), dev,
+                 f"sampling n = {n} sequences at once")
+    ids = list(range(model.cfg.num_classes)) if not classes else [int(c) for c in classes]
+    check_labels(np.asarray(ids), model.cfg.num_classes)
+    labels = np.resize(np.asarray(ids, dtype=np.int64), n)
+    tok = None
+    if tokenizer:
+        tok = load_run(tokenizer, dev, task="tokenizer").model
+        if tuple(tok.quantizer.K.tolist()) != model.cfg.K:
+            raise EntropyCliffError(f"{tokenizer}: the tokenizer's K_t disagree with the AR model's")
+    outp = prepare_output(out, "dir")
+    tokens = sample(model, labels, cfg, seed=seed, use_cache=use_cache, ratio=ratio, progress=progress).cpu().numpy()
+    schedule = model.cfg.schedule or {"kind": "custom", "kmin": min(model.cfg.K), "kmax": model.cfg.kmax, "power": None}
+    save_tokens(outp / "tokens.npy", tokens, list(model.cfg.K), schedule,
+                {"ar": str(ckpt), "sampling": asdict(cfg), "seed": seed, "ratio": ratio}, labels)
+    grid = None
+    if tok is not None:
+        from vcq.tokenizer import decode_tokens
+
+        grid = save_png(outp / "grid.png", image_grid(decode_tokens(tok, tokens), cols,
+                                                      captions=[f"class {c}" for c in labels]))
+    return SampleResult(outp, tokens, labels, grid)

@@ -8,17 +8,13 @@ with P copies of a learned mask token (each with its patch position embedding); 
 over all P + L tokens and the P patch outputs are projected back to pixels (single stage, pixel
 output, values in [-1, 1] space).
 
-Also here: :class:`TokenizerTask` (the tokenizer objective for :func:`vcq.train.train`),
-:func:`train_tokenizer`, :func:`load_tokenizer` (run directory -> model) and :func:`dump_tokens`
-(images -> token dump + sidecar that ``entropy-cliff measure`` reads).
+Also here: :func:`load_tokenizer` (run directory -> model), :func:`reconstruct`,
+:func:`decode_tokens` and :func:`dump_tokens` (images -> token dump + sidecar that
+``entropy-cliff measure`` reads). Training: :mod:`vcq.train_tokenizer`.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,11 +26,11 @@ from torch import nn
 
 from entropy_cliff.errors import EntropyCliffError
 from entropy_cliff.schedules import Schedule
-from vcq.data import ImageSet, load_dataset
-from vcq.losses import PatchDiscriminator, hinge_d_loss, hinge_g_loss, load_lpips
-from vcq.presets import TokenizerConfig, TrainConfig, from_dict, override, to_dict
+from vcq.data import DataSpec, ImageSet
+from vcq.images import to_tensor, to_uint8
+from vcq.presets import TokenizerConfig, from_dict, override, to_dict
 from vcq.quantizer import QuantizerOutput, VariableCodebookQuantizer
-from vcq.train import MAIN, WEIGHTS_FILE, Task, TrainResult, check_run_dir, frozen, read_config, seed_everything, train
+from vcq.train import WEIGHTS_FILE, read_config
 
 
 class Attention(nn.Module):
@@ -215,154 +211,15 @@ def load_tokenizer(run_dir: str | Path, device: str | torch.device = "cpu") -> T
 def tokenize_images(model: Tokenizer1D, images: ImageSet, batch_size: int = 256,
                     device: str | torch.device = "cpu", progress: bool = False) -> np.ndarray:
     """Tokens (N, L) int64 of every image of ``images`` (in order), position t < K_t."""
-    from tqdm import tqdm
+    from vcq.progress import Progress
 
     out = [np.zeros((0, model.cfg.num_latent), np.int64)]
-    bar = tqdm(range(0, len(images), batch_size), disable=not progress or not sys.stderr.isatty(), desc="tokenize",
-               unit="batch", file=sys.stderr)
-    for s in bar:
-        x = to_tensor(images.images(np.arange(s, min(s + batch_size, len(images)))), device)
-        out.append(model.encode(x).cpu().numpy())
+    with Progress(len(images), desc="tokenize", unit="image", quiet=not progress) as bar:
+        for s in range(0, len(images), batch_size):
+            x = to_tensor(images.images(np.arange(s, min(s + batch_size, len(images)))), device)
+            out.append(model.encode(x).cpu().numpy())
+            bar.update(len(x))
     return np.concatenate(out)
-
-
-def to_unit_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 tensor (B, H, W, C) -> float (B, C, H, W) in [-1, 1]."""
-    return images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
-def to_tensor(images: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
-    """uint8 array (B, H, W, C) -> float tensor (B, C, H, W) in [-1, 1] on ``device``."""
-    return to_unit_range(torch.from_numpy(np.ascontiguousarray(images)).to(device))
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """float (B, C, H, W) in [-1, 1] -> uint8 (B, H, W, C)."""
-    return ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-
-
-def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
-    """PSNR in dB of images in [-1, 1] (peak-to-peak 2) from the MSE pooled over the batch:
-    10 log10(4 / MSE). :func:`vcq.evaluate.psnr` instead averages per-image PSNRs, which reads
-    several dB higher on sets with flat images (the demo crops: 16.5 dB pooled, 21.5 dB averaged)."""
-    mse = F.mse_loss(x.float().clamp(-1, 1), y.float()).item()
-    return float("inf") if mse == 0 else 10.0 * math.log10(4.0 / mse)
-
-
-class TokenizerTask(Task):
-    """Training objective of the tokenizer (see :mod:`vcq.losses`) for :func:`vcq.train.train`."""
-
-    no_decay = ("codebook", "latent_tokens", "mask_token", "_pos")
-
-    def __init__(self, model: Tokenizer1D, disc: nn.Module | None = None, lpips: nn.Module | None = None) -> None:
-        self.cfg = model.cfg
-        self.models = {MAIN: model} if disc is None else {MAIN: model, "disc": disc}
-        self.model, self.disc, self.lpips = model, disc, lpips
-
-    def step(self, models: dict[str, nn.Module], batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        c = self.cfg
-        x = to_unit_range(batch["image"])
-        out = models[MAIN](x)
-        recon = out.recon.float()
-        l1 = (recon - x).abs().mean()
-        mse = F.mse_loss(recon, x)
-        loss = c.w_l1 * l1 + c.w_mse * mse + c.w_commit * out.quant.loss
-        m = {"l1": l1.item(), "mse": mse.item(), "vq": out.quant.loss.item(), "commit": out.quant.commit_loss.item(), "psnr": psnr(recon, x)}
-        if self.lpips is not None and c.w_lpips > 0:
-            lp = self.lpips(recon, x)
-            loss = loss + c.w_lpips * lp
-            m["lpips"] = lp.item()
-        if self.disc is not None and step >= c.disc_start:
-            with frozen(self.disc):
-                g = hinge_g_loss(self.disc(recon))
-            real, fake = models["disc"](torch.cat([x, recon.detach()])).float().chunk(2)
-            d = hinge_d_loss(real, fake)
-            loss = loss + c.w_adv * g + c.w_disc * d
-            m.update(g_adv=g.item(), d_loss=d.item())
-        return loss, m
-
-    def after_step(self, step: int) -> dict[str, float]:
-        n = self.model.quantizer.restart_dead_codes()
-        return {"restarted_codes": float(n)} if self.cfg.dead_code_restart else {}
-
-    def log_metrics(self) -> dict[str, float]:
-        q = self.model.quantizer
-        if q.counts is None:
-            return {}
-        u = q.usage_stats()
-        q.reset_usage()
-        return {"utilization": float(u["utilization"].mean()), "codes_used_mean": float(u["codes_used"].mean())}
-
-    @torch.no_grad()
-    def preview(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
-        was = self.model.training
-        self.model.eval()
-        x = to_unit_range(batch["image"])
-        recon = self.model(x).recon
-        self.model.train(was)
-        return recon_grid(to_uint8(x), to_uint8(recon))
-
-
-def recon_grid(originals: np.ndarray, recons: np.ndarray, scale: int = 4, pad: int = 2) -> np.ndarray:
-    """uint8 (H', W', 3) picture: originals on the top row, reconstructions below, upscaled."""
-    rows = []
-    for imgs in (originals, recons):
-        imgs = np.repeat(np.repeat(imgs, scale, 1), scale, 2)
-        if imgs.shape[-1] == 1:
-            imgs = np.repeat(imgs, 3, -1)
-        b, h, w, _ = imgs.shape
-        row = np.full((h + 2 * pad, b * (w + pad) + pad, 3), 255, np.uint8)
-        for i, im in enumerate(imgs):
-            row[pad : pad + h, pad + i * (w + pad) : pad + i * (w + pad) + w] = im
-        rows.append(row)
-    return np.concatenate(rows, 0)
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """Which images a tokenizer run reads (saved as ``config.json["data"]``)."""
-
-    name: str = "digits"
-    path: str | None = None
-    labels_path: str | None = None
-    n: int | None = None
-    seed: int = 0
-    val_fraction: float = 0.1
-
-    def load(self, split: str, cfg: TokenizerConfig, augment: bool | None = None) -> ImageSet:
-        return load_dataset(self.name, split=split, image_size=cfg.image_size, channels=cfg.channels, n=self.n,
-                            path=self.path, labels_path=self.labels_path, seed=self.seed,
-                            val_fraction=self.val_fraction, augment=augment)
-
-
-def run_config(model: TokenizerConfig, train_cfg: TrainConfig, data: DataSpec, preset: str) -> dict[str, Any]:
-    """The resolved configuration a tokenizer run saves as ``config.json``."""
-    return {"task": "tokenizer", "preset": preset, "model": to_dict(model), "train": to_dict(train_cfg),
-            "data": to_dict(data)}
-
-
-def train_tokenizer(config: dict[str, Any], out_dir: str | Path, *, resume: bool = False, stop_at: int | None = None,
-                    quiet: bool = False, device: str | None = None, log: Callable[[str], None] | None = None) -> TrainResult:
-    """Train a tokenizer described by :func:`run_config` output into ``out_dir``."""
-    model_cfg = from_dict(TokenizerConfig, config["model"])
-    train_cfg = from_dict(TrainConfig, config["train"])
-    data = from_dict(DataSpec, config["data"])
-    say = log or (lambda s: None)
-    check_run_dir(out_dir, config, resume)
-    train_set = data.load("train", model_cfg)
-    val = data.load("val", model_cfg, augment=False) if data.val_fraction > 0 else data.load("train", model_cfg, augment=False)
-    preview = val.batch(np.arange(min(8, len(val))), np.random.default_rng(0))
-    seed_everything(train_cfg.seed)
-    model = Tokenizer1D(model_cfg)
-    use_disc = (model_cfg.w_adv > 0 or model_cfg.w_disc > 0) and model_cfg.disc_start < train_cfg.steps
-    disc = PatchDiscriminator(model_cfg.channels, model_cfg.disc_channels, model_cfg.disc_layers) if use_disc else None
-    lpips = None
-    if model_cfg.w_lpips > 0 and model_cfg.lpips_path:
-        lpips = load_lpips(model_cfg.lpips_path)
-    elif model_cfg.w_lpips > 0 and int(os.environ.get("RANK", "0")) == 0:
-        say("perceptual (LPIPS) loss off: no --lpips-path given")
-    return train(TokenizerTask(model, disc, lpips), train_set, train_cfg, out_dir, config=config, resume=resume,
-                 stop_at=stop_at, quiet=quiet, device=device, log=log, preview_data=preview)
 
 
 def reconstruct(model: Tokenizer1D, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -374,6 +231,15 @@ def reconstruct(model: Tokenizer1D, images: np.ndarray, batch_size: int = 256) -
                                for s in range(0, len(images), batch_size)])
 
 
+def decode_tokens(model: Tokenizer1D, tokens: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """uint8 images (N, H, W, C) decoded from tokens (N, L), ``batch_size`` rows at a time on the
+    model's device."""
+    device = next(model.parameters()).device
+    return np.concatenate([to_uint8(model.decode(torch.as_tensor(np.asarray(tokens[s:s + batch_size], dtype=np.int64),
+                                                                 device=device)))
+                           for s in range(0, len(tokens), batch_size)])
+
+
 def dump_tokens(ckpt: str | Path, out: str | Path, *, data: dict[str, Any] | None = None, split: str = "train",
                 expect: dict[str, Any] | None = None, batch_size: int = 256, labels: bool = True,
                 device: str | None = None, progress: bool = False) -> Path:
@@ -382,11 +248,12 @@ def dump_tokens(ckpt: str | Path, out: str | Path, *, data: dict[str, Any] | Non
     ``data`` replaces fields of the run's :class:`DataSpec` (another dataset: its path, labels and n
     start empty). ``expect`` (e.g. ``{"schedule": "cosine", "kmax": 256}``) must match the
     checkpoint's model config. Writes ``out`` (N × L, smallest unsigned dtype), its sidecar with the
-    schedule and K_t, and ``labels.npy`` beside it when ``labels``.
+    schedule and K_t, and its labels (:func:`entropy_cliff.io.save_tokens`) when ``labels``.
     """
-    from entropy_cliff.io import save_tokens
+    from entropy_cliff.io import prepare_output, save_tokens
 
     config = read_config(ckpt)
+    prepare_output(out, "file")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_tokenizer(ckpt, dev)
     cfg = model.cfg
@@ -401,14 +268,9 @@ def dump_tokens(ckpt: str | Path, out: str | Path, *, data: dict[str, Any] | Non
     images = spec.load(split, cfg, augment=False)
     tokens = tokenize_images(model, images, batch_size, dev, progress)
     sched = schedule_of(cfg)
-    source = {"tokenizer": str(ckpt), "preset": config.get("preset"), "step": _weights_step(Path(ckpt)),
+    from vcq.runs import weights_step
+
+    source = {"tokenizer": str(ckpt), "preset": config.get("preset"), "step": weights_step(ckpt),
               "data": to_dict(spec), "split": split, "image_size": cfg.image_size}
     return save_tokens(out, tokens, sched.K, sched.to_dict(), source, images.label_array() if labels else None)
 
-
-def _weights_step(run: Path) -> int | None:
-    from safetensors import safe_open
-
-    with safe_open(str(run / WEIGHTS_FILE), "pt") as f:
-        step = (f.metadata() or {}).get("step")
-    return int(step) if step is not None else None

@@ -48,6 +48,7 @@ from torch import nn
 
 from entropy_cliff.errors import EntropyCliffError
 from entropy_cliff.io import atomic_path, write_json_atomic, write_text_atomic
+from vcq.images import save_png
 from vcq.presets import TrainConfig, to_dict
 
 MAIN = "model"
@@ -150,17 +151,24 @@ def init_distributed(device: str | None = None) -> DistInfo:
     return DistInfo(rank, world, local, dev)
 
 
-def check_train_config(cfg: TrainConfig, positive: tuple[str, ...] = ("steps", "batch_size", "ckpt_every", "log_every")) -> None:
-    """Refuse settings the loop cannot run with (one-line EntropyCliffError, exit 2 in the CLI)."""
-    for k in positive:
-        if getattr(cfg, k) < 1:
-            raise EntropyCliffError(f"--{k.replace('_', '-')} must be >= 1")
+POSITIVE_FIELDS = ("steps", "batch_size", "ckpt_every", "log_every", "preview_every")
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """Refuse settings the loop cannot run with; the message names the field and its value."""
+    for k in POSITIVE_FIELDS:
+        if not getattr(cfg, k) >= 1:
+            raise EntropyCliffError(f"{k} must be >= 1, got {getattr(cfg, k)}")
+    for k in ("lr", "min_lr", "weight_decay"):
+        if not math.isfinite(getattr(cfg, k)):
+            raise EntropyCliffError(f"{k} must be a finite number, got {getattr(cfg, k)}")
     if not cfg.lr > 0:
-        raise EntropyCliffError(f"--lr must be > 0, got {cfg.lr}")
-    if cfg.min_lr < 0 or cfg.warmup_steps < 0:
-        raise EntropyCliffError(f"--min-lr and --warmup-steps must be >= 0, got {cfg.min_lr} and {cfg.warmup_steps}")
-    if cfg.grad_clip is not None and cfg.grad_clip < 0:
-        raise EntropyCliffError(f"--grad-clip must be >= 0 (0: off), got {cfg.grad_clip}")
+        raise EntropyCliffError(f"lr must be > 0, got {cfg.lr}")
+    for k in ("min_lr", "warmup_steps", "weight_decay"):
+        if getattr(cfg, k) < 0:
+            raise EntropyCliffError(f"{k} must be >= 0, got {getattr(cfg, k)}")
+    if cfg.grad_clip is not None and not cfg.grad_clip >= 0:
+        raise EntropyCliffError(f"grad_clip must be >= 0 (0: off), got {cfg.grad_clip}")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -296,13 +304,6 @@ def save_weights(path: Path, model: nn.Module, step: int) -> None:
         save_file(state, str(tmp), metadata={"step": str(step)})
 
 
-def _save_png(path: Path, img: np.ndarray) -> None:
-    from PIL import Image
-
-    with atomic_path(path) as tmp:
-        Image.fromarray(img).save(tmp, format="PNG")
-
-
 def train(
     task: Task,
     data: TrainData,
@@ -324,6 +325,11 @@ def train(
     :data:`RESUME_FREE`) and training continues from ``train_state.pt``. ``preview_data``: a fixed
     batch (as from ``data.batch``) for the PNG previews. Returns the final step and metrics.
     """
+    from entropy_cliff.io import prepare_output
+    from vcq.progress import Progress
+    from vcq.resources import check_memory, training_bytes
+
+    check_train_config(cfg)
     info = init_distributed(device)
     say = log if log is not None else (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr))
     out = Path(out_dir)
@@ -331,6 +337,9 @@ def train(
     if MAIN not in task.models:
         raise EntropyCliffError(f"a task needs a module named {MAIN!r}")
     check_run_dir(out, config, resume)
+    check_memory(training_bytes(task.models.values()), info.device, "training (weights, gradients, AdamW state)")
+    if info.main:
+        prepare_output(out, "dir")
     if resume:
         saved = _load_state(state_path)
         if saved["world"] != info.world:
@@ -370,6 +379,7 @@ def train(
     preview = _to_device(preview_data, info.device) if preview_data is not None else None
 
     def checkpoint() -> None:
+        nonlocal saved_step
         rngs = [None] * info.world
         if info.world > 1:
             dist.all_gather_object(rngs, _rng_state(info.device))
@@ -384,58 +394,62 @@ def train(
             save_weights(out / WEIGHTS_FILE, raw[MAIN], step)
         if info.world > 1:
             dist.barrier()
+        saved_step = step
 
     for m in raw.values():
         m.train()
-    bar = _progress(cfg.steps, step, quiet or not info.main)
     metrics: dict[str, float] = {}
     t0, s0, rate = time.perf_counter(), step, float("nan")
-    with open(out / METRICS_FILE, "a") if info.main else contextlib.nullcontext() as mfile:
-        while step < end:
-            idx = batch_indices(step, n, cfg.batch_size, info.world, info.rank, cfg.seed)
-            batch = _to_device(data.batch(idx, np.random.default_rng([cfg.seed, step, info.rank])), info.device)
-            lr_f = lr_at(step, cfg) / cfg.lr
-            for o in opts.values():
-                for g in o.param_groups:
-                    g["lr"] = g["base_lr"] * lr_f
-                o.zero_grad(set_to_none=True)
-            with autocast(info.device, cfg.bf16):
-                loss, metrics = task.step(models, batch, step)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise EntropyCliffError(f"loss became {loss_value} at step {step}; lower the learning rate")
-            loss.backward()
-            for k, o in opts.items():
-                if cfg.grad_clip:
-                    metrics[f"grad_norm_{k}"] = float(nn.utils.clip_grad_norm_(raw[k].parameters(), cfg.grad_clip))
-                o.step()
-            metrics.update(task.after_step(step))
-            step += 1
-            bar.update(1)
-            if info.main and (step % cfg.log_every == 0 or step == end):
-                rate = (step - s0) / max(time.perf_counter() - t0, 1e-9)
-                row = {"step": step, "lr": lr_at(step - 1, cfg), "loss": loss_value, **metrics,
-                       **task.log_metrics(), "steps_per_s": rate}
-                mfile.write(json.dumps(row) + "\n")
-                mfile.flush()
-                bar.set_postfix(loss=f"{loss_value:.4f}")
-            if step % cfg.ckpt_every == 0 or step == end:
-                checkpoint()
-            if info.main and preview is not None and (step % cfg.preview_every == 0 or step == end):
-                img = task.preview(preview)
-                if img is not None:
-                    _save_png(out / f"preview_{step:07d}.png", img)
-    bar.close()
+    saved_step = step if resume else None  # the step a --resume would continue from
+    with (open(out / METRICS_FILE, "a") if info.main else contextlib.nullcontext()) as mfile, \
+            Progress(cfg.steps, initial=step, desc="train", unit="step", quiet=quiet or not info.main) as bar:
+        try:
+            while step < end:
+                idx = batch_indices(step, n, cfg.batch_size, info.world, info.rank, cfg.seed)
+                batch = _to_device(data.batch(idx, np.random.default_rng([cfg.seed, step, info.rank])), info.device)
+                lr_f = lr_at(step, cfg) / cfg.lr
+                for o in opts.values():
+                    for g in o.param_groups:
+                        g["lr"] = g["base_lr"] * lr_f
+                    o.zero_grad(set_to_none=True)
+                with autocast(info.device, cfg.bf16):
+                    loss, metrics = task.step(models, batch, step)
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise EntropyCliffError(f"loss became {loss_value} at step {step}; lower the learning rate")
+                loss.backward()
+                for k, o in opts.items():
+                    if cfg.grad_clip:
+                        metrics[f"grad_norm_{k}"] = float(nn.utils.clip_grad_norm_(raw[k].parameters(), cfg.grad_clip))
+                    o.step()
+                metrics.update(task.after_step(step))
+                step += 1
+                bar.update(1)
+                if info.main and (step % cfg.log_every == 0 or step == end):
+                    rate = (step - s0) / max(time.perf_counter() - t0, 1e-9)
+                    row = {"step": step, "lr": lr_at(step - 1, cfg), "loss": loss_value, **metrics,
+                           **task.log_metrics(), "steps_per_s": rate}
+                    mfile.write(json.dumps(row) + "\n")
+                    mfile.flush()
+                    bar.postfix(loss=f"{loss_value:.4f}")
+                if step % cfg.ckpt_every == 0 or step == end:
+                    checkpoint()
+                if info.main and preview is not None and (step % cfg.preview_every == 0 or step == end):
+                    img = task.preview(preview)
+                    if img is not None:
+                        save_png(out / f"preview_{step:07d}.png", img)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(interrupt_message(out, step, saved_step)) from None
     if info.main and step == cfg.steps:
         say(f"trained {step} steps -> {out}")
     return TrainResult(step, {"loss": loss_value, **metrics} if s0 < end else {}, rate)
 
 
-def _progress(total: int, initial: int, disable: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, disable=disable or not sys.stderr.isatty(), file=sys.stderr,
-                unit="step", dynamic_ncols=True)
+def interrupt_message(out: Path, step: int, saved_step: int | None) -> str:
+    """What an interrupted run tells the user: where it stopped and where ``--resume`` continues."""
+    if saved_step is None:
+        return f"training stopped at step {step} before the first checkpoint of {out}; nothing to resume"
+    return f"training stopped at step {step}; --resume continues {out} from step {saved_step}"
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

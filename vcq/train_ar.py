@@ -25,10 +25,10 @@ import torch
 from torch import nn
 
 from entropy_cliff.errors import EntropyCliffError
-from entropy_cliff import io as entropy_cliff_io
-from entropy_cliff.io import load_tokens, read_sidecar, write_json_atomic
+from entropy_cliff.io import labels_path, load_tokens, read_sidecar, write_json_atomic
 from vcq.ar import ARTransformer, next_token_loss
-from vcq.presets import ARConfig, TrainConfig, to_dict
+from vcq.data import VAL_FRACTION
+from vcq.presets import ARConfig, TrainConfig, from_dict, to_dict
 from vcq.train import MAIN, WEIGHTS_FILE, Task, TrainResult, read_config, train
 
 NLL_FILE = "nll.json"
@@ -63,8 +63,9 @@ def load_labels(path: str | Path, n: int) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def load_token_dump(tokens_path: str | Path, labels_path: str | Path | None = None) -> TokenDump:
-    """Read and cross-check a dump written by ``vcq dump-tokens`` (labels default to ``DIR/labels.npy``)."""
+def load_token_dump(tokens_path: str | Path, labels: str | Path | None = None) -> TokenDump:
+    """Read and cross-check a dump written by ``vcq dump-tokens`` (labels default to
+    :func:`entropy_cliff.io.labels_path`: ``NAME.labels.npy``, else the older ``DIR/labels.npy``)."""
     tokens = load_tokens(tokens_path)
     meta = read_sidecar(tokens_path)
     if meta is None:
@@ -73,7 +74,7 @@ def load_token_dump(tokens_path: str | Path, labels_path: str | Path | None = No
     if len(K) != tokens.shape[1]:
         raise EntropyCliffError(f"{tokens_path}: sidecar lists {len(K)} codebook sizes for L = {tokens.shape[1]}")
     check_tokens_fit(tokens, K, str(tokens_path))
-    lp = Path(labels_path) if labels_path is not None else entropy_cliff_io.labels_path(tokens_path)
+    lp = Path(labels) if labels is not None else labels_path(tokens_path)
     return TokenDump(np.asarray(tokens), load_labels(lp, len(tokens)), K, meta.get("schedule"), str(tokens_path))
 
 
@@ -117,6 +118,33 @@ class TokenData:
 
     def batch(self, idx: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
         return {"tokens": np.asarray(self.tokens[idx], dtype=np.int64), "labels": self.labels[idx]}
+
+
+@dataclass(frozen=True)
+class TokenDataSpec:
+    """Which token rows an AR run reads (saved as ``config.json["data"]``): the dump ``tokens``
+    with its ``labels`` (default: :func:`entropy_cliff.io.labels_path`), and either a separate
+    held-out dump ``val_tokens`` (+ ``val_labels``) or ``val_fraction`` of the dump's rows held out
+    by the training seed. ``nll_rows``: rows per split for the final per-position NLL."""
+
+    tokens: str
+    labels: str | None = None
+    val_tokens: str | None = None
+    val_labels: str | None = None
+    val_fraction: float = VAL_FRACTION
+    nll_rows: int = 4096
+
+    def load(self, seed: int) -> tuple[TokenDump, TokenData, TokenData]:
+        """The whole dump, its training rows and its validation rows."""
+        dump = load_token_dump(self.tokens, self.labels)
+        if self.val_tokens:
+            val_dump = load_token_dump(self.val_tokens, self.val_labels)
+            if tuple(val_dump.K) != tuple(dump.K):
+                raise EntropyCliffError(f"{self.val_tokens}: sidecar K_t disagree with {self.tokens}'s")
+            return dump, TokenData(dump.tokens, dump.labels), TokenData(val_dump.tokens, val_dump.labels)
+        tr_idx, va_idx = split_rows(len(dump.tokens), self.val_fraction, seed)
+        return (dump, TokenData(dump.tokens[tr_idx], dump.labels[tr_idx]),
+                TokenData(dump.tokens[va_idx], dump.labels[va_idx]))
 
 
 class ARTask(Task):
@@ -201,31 +229,24 @@ def train_ar(config: dict[str, Any], out_dir: str | Path, *, resume: bool = Fals
     """Train the AR model described by :func:`run_config` output; returns the loop's result and
     the per-position NLL summary written to ``nll.json``.
 
-    ``config["data"]``: ``tokens`` and ``labels`` paths, optional ``val_tokens``/``val_labels``
-    (a separate held-out dump), else ``val_fraction`` of the dump's rows are held out by ``seed``.
+    ``config["data"]`` is a :class:`TokenDataSpec`.
     """
     from vcq.train import seed_everything
 
     cfg = model_config(config)
-    train_cfg = TrainConfig(**config["train"])
-    data = config["data"]
-    dump = load_token_dump(data["tokens"], data["labels"])
+    train_cfg = from_dict(TrainConfig, config["train"])
+    spec = from_dict(TokenDataSpec, config["data"])
+    dump, tr, va = spec.load(train_cfg.seed)
     check_dump_matches(dump, cfg)
-    if data.get("val_tokens"):
-        val_dump = load_token_dump(data["val_tokens"], data.get("val_labels"))
-        check_dump_matches(val_dump, cfg)
-        tr = TokenData(dump.tokens, dump.labels)
-        va = TokenData(val_dump.tokens, val_dump.labels)
-    else:
-        tr_idx, va_idx = split_rows(len(dump.tokens), data.get("val_fraction", 0.0), train_cfg.seed)
-        tr = TokenData(dump.tokens[tr_idx], dump.labels[tr_idx])
-        va = TokenData(dump.tokens[va_idx], dump.labels[va_idx])
+    if len(va) and va.labels.max() >= cfg.num_classes:
+        raise EntropyCliffError(f"{spec.val_tokens or spec.tokens}: validation class id {int(va.labels.max())} "
+                                f"out of range for {cfg.num_classes} classes")
     seed_everything(train_cfg.seed)
     model = ARTransformer(cfg)
     task = ARTask(model, va)
     result = train(task, tr, train_cfg, out_dir, config=config, resume=resume, stop_at=stop_at, quiet=quiet,
                    device=device, log=log)
-    limit = int(data.get("nll_rows", 4096))
+    limit = spec.nll_rows
     train_nll = nll_per_position(model, tr.tokens[:limit], tr.labels[:limit])
     summary: dict[str, Any] = {"step": result.step, "train_rows": min(limit, len(tr)),
                                "train_bits_per_token": float(train_nll.mean()),
