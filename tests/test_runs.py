@@ -68,6 +68,7 @@ def test_train_run_then_load_run_for_an_ar_model(tmp_path):
 def test_load_run_reads_a_run_written_by_the_previous_layout(tmp_path):
     """Run directories trained before this change: data dict without defaults, labels.npy beside."""
     tok, _ = make_dump(tmp_path / "tokens.npy")
+    (tmp_path / "tokens.labels.npy").rename(tmp_path / "labels.npy")  # where the previous layout kept them
     train_run("ar", tmp_path / "run", overrides=SMALL_AR, data={"tokens": str(tok)}, quiet=True)
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     cfg["data"] = {"val_fraction": 0.05, "tokens": str(tok), "labels": str(tmp_path / "labels.npy")}
@@ -84,12 +85,12 @@ def test_prepare_output_creates_parents_and_names_an_unwritable_path(tmp_path):
     (tmp_path / "f").write_text("")
     with pytest.raises(EntropyCliffError, match="f: exists and is not a directory"):
         prepare_output(tmp_path / "f", "dir")
-    with pytest.raises(EntropyCliffError, match="cannot write there"):
+    with pytest.raises(EntropyCliffError, match="cannot write here"):
         prepare_output(tmp_path / "f" / "sub" / "x.npy", "file")
     if os.geteuid() != 0:
         ro = tmp_path / "ro"
         ro.mkdir(mode=0o500)
-        with pytest.raises(EntropyCliffError, match="ro: cannot write there"):
+        with pytest.raises(EntropyCliffError, match="ro: cannot write here"):
             prepare_output(ro, "dir")
 
 
@@ -97,7 +98,7 @@ def test_cli_refuses_an_unwritable_output_before_training(tmp_path):
     tok, _ = make_dump(tmp_path / "d.npy")
     (tmp_path / "file").write_text("")
     r = CliRunner().invoke(main, ["train-ar", "--tokens", str(tok), "--out", str(tmp_path / "file" / "run")])
-    assert r.exit_code == 2 and "cannot write there" in r.output and len(r.output.strip().splitlines()) == 1
+    assert r.exit_code == 2 and "cannot write here" in r.output and len(r.output.strip().splitlines()) == 1
 
 
 def test_image_grid_upscales_small_images_and_captions_cells():
