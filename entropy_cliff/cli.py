@@ -316,13 +316,12 @@ def _import_measure():
 def _load_measurement(path: Path, key: str | None, sched_flags: dict[str, Any], uniform_K: int | None,
                       bootstrap: int, confidence: float, seed: int, quiet: bool) -> dict[str, Any]:
     """Load a corpus, resolve its K_t (flags > sidecar > inferred) and measure it."""
-    from entropy_cliff.io import load_tokens, read_sidecar
+    from entropy_cliff.shards import load_corpus
 
     measure = _import_measure()
-    X = load_tokens(path, key)
-    N, L = X.shape
+    X, meta = load_corpus(path, key)
+    L = X[0].shape[1] if isinstance(X, list) else X.shape[1]
     sched = _schedule(length=L, **sched_flags)
-    meta = read_sidecar(path)
     if sched is not None and uniform_K is not None:
         raise EntropyCliffError("give either --K or --schedule, not both")
     if uniform_K is not None:

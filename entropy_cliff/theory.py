@@ -28,6 +28,9 @@ import numpy as np
 
 from entropy_cliff.errors import EntropyCliffError
 
+#: Largest supported codebook size K_t (tokens, K_t and their sums stay far inside int64/uint64).
+MAX_CODEBOOK = 2**62
+
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 _COUNT = re.compile(r"^\s*(?P<num>[0-9._]+(?:[eE][+-]?[0-9]+)?)\s*(?P<suf>[kKmMbBgGtT]?)\s*$")
 _POWER = re.compile(r"^\s*(?P<base>\d+)\s*(?:\^|\*\*)\s*(?P<exp>\d+)\s*(?:(?P<sign>[+-])\s*(?P<off>\d+))?\s*$")
@@ -146,9 +149,13 @@ def thresholds(N: int, K: int | Sequence[int] | np.ndarray, utilization: float =
                upto: int | None = None) -> list[Threshold]:
     """Data thresholds for t* = 2..upto: ``log2 N > C(T-1)``, also as N and as a multiple of N.
 
-    ``upto`` defaults to max(5, t* + 2), capped at L for a variable schedule.
+    ``upto`` defaults to max(5, t* + 2), capped at L for a variable schedule. For ``u = 1``
+    "reached" is decided in integers (``N > prod_{s<T} K_s``), so it always agrees with
+    :func:`t_star`. A uniform ``K = 1`` raises: it never reaches any t*.
     """
     uniform = np.ndim(K) == 0
+    if uniform and int(K) == 1:
+        raise EntropyCliffError("K = 1: a one-entry codebook carries no information, so no N reaches any t*")
     ts = t_star(N, K, utilization)
     top = upto if upto is not None else max(5, (ts or 1) + 2)
     if not uniform:
@@ -156,9 +163,13 @@ def thresholds(N: int, K: int | Sequence[int] | np.ndarray, utilization: float =
     Ks = np.full(top, int(K), dtype=np.int64) if uniform else np.asarray(K, dtype=np.int64)[:top]
     c = capacity(Ks, utilization)
     out = []
+    prod = 1
     for T in range(2, top + 1):
         need = float(c[T - 2])
-        out.append(Threshold(T, need, 2.0**need, 2.0**need / N, bool(math.log2(N) > need)))
+        prod *= int(Ks[T - 2])
+        # u = 1: log2 N > C(T-1) is the integer test N > prod_{s<T} K_s (exact for any N)
+        reached = N > prod if utilization == 1.0 else math.log2(N) > need
+        out.append(Threshold(T, need, 2.0**need, 2.0**need / N, bool(reached)))
     return out
 
 
