@@ -314,7 +314,8 @@ def _import_measure():
 
 
 def _load_measurement(path: Path, key: str | None, sched_flags: dict[str, Any], uniform_K: int | None,
-                      bootstrap: int, confidence: float, seed: int, quiet: bool) -> dict[str, Any]:
+                      bootstrap: int, confidence: float, seed: int, quiet: bool,
+                      dask: dict[str, Any] | None = None) -> dict[str, Any]:
     """Load a corpus, resolve its K_t (flags > sidecar > inferred) and measure it."""
     from entropy_cliff.shards import load_corpus
 
@@ -336,7 +337,13 @@ def _load_measurement(path: Path, key: str | None, sched_flags: dict[str, Any], 
         source = "sidecar" + (f" ({Schedule.from_dict(sd, L).label})" if sd.get("kind") in KINDS[:-1] else "")
     else:
         K, source = None, "inferred (max token + 1; no sidecar or --schedule)"
-    m = measure(X, K, bootstrap=bootstrap, confidence=confidence, seed=seed, progress=False if quiet else None)
+    if dask:
+        from entropy_cliff.distributed import measure_distributed
+        if bootstrap:
+            raise EntropyCliffError("bootstrap intervals are not available on the dask engine yet")
+        m = measure_distributed(path, K, **dask)
+    else:
+        m = measure(X, K, bootstrap=bootstrap, confidence=confidence, seed=seed, progress=False if quiet else None)
     return {"path": path, "measurement": m, "K_source": source, "meta": meta}
 
 
@@ -357,7 +364,7 @@ def _measure_report(run: dict[str, Any], delta: float, epsilon: float) -> dict[s
             "t_star_theory": theory.t_star(m.N, m.K), "t_star_budget": m.t_star_budget(delta),
             "t_star_threshold": m.t_star_threshold(epsilon), "t_star_sustained": m.t_star_sustained(epsilon),
             "delta": delta, "epsilon": epsilon,
-            "K_source": run["K_source"], "positions": positions}
+            "K_source": run["K_source"], "engine": m.engine, "positions": positions}
 
 
 def _measure_text(rep: dict[str, Any]) -> str:
@@ -419,12 +426,15 @@ def measure_options(f):
 @measure_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="also write DIR/measure.json, DIR/measure.csv and DIR/entropy.png.")
+@click.option("--scheduler", metavar="ADDRESS", help="run on this dask.distributed scheduler (tcp://host:8786).")
+@click.option("--workers", type=click.IntRange(min=1), help="run on a local Dask cluster of N worker processes.")
 @format_option
 def measure(tokens, demo, key, kind, kmin, kmax, power, schedule_file, K, delta, epsilon, bootstrap, confidence,
-            seed, quiet, out, fmt):
+            seed, quiet, out, scheduler, workers, fmt):
     """Exact per-position conditional entropy H(X_t | X_<t) of a token corpus, and its t*.
 
-    TOKENS is an (N, L) integer .npy (memory-mapped, may exceed RAM) or .npz (--key). K_t comes
+    TOKENS is an (N, L) integer .npy (memory-mapped, may exceed RAM), an .npz (--key) or a
+    directory of .npy shards measured as one corpus (K_t from DIR/meta.json). K_t comes
     from --schedule/--K, else from the sidecar NAME.meta.json written by `vcq dump-tokens`, else
     it is inferred as the largest token + 1. Every token is checked against its K_t.
 
@@ -432,12 +442,16 @@ def measure(tokens, demo, key, kind, kmin, kmax, power, schedule_file, K, delta,
     entropy-cliff measure tokens.npy
     entropy-cliff measure tokens.npy --schedule cosine --kmin 2 --kmax 1024 --out results/
     entropy-cliff measure --demo cosine --format json
+    entropy-cliff measure shards/ --scheduler tcp://10.0.0.1:8786
     """
     if (tokens is None) == (demo is None):
         raise EntropyCliffError("give one token file (TOKENS) or --demo NAME")
     path = tokens if tokens is not None else _demo_path(demo)
     flags = dict(kind=kind, kmin=kmin, kmax=kmax, power=power, schedule_file=schedule_file)
-    run = _load_measurement(path, key, flags, K, bootstrap, confidence, seed, quiet)
+    if scheduler is not None and workers is not None:
+        raise EntropyCliffError("give either --scheduler or --workers, not both")
+    dask = {"scheduler": scheduler, "workers": workers} if scheduler is not None or workers is not None else None
+    run = _load_measurement(path, key, flags, K, bootstrap, confidence, seed, quiet, dask)
     rep = _measure_report(run, delta, epsilon)
     text = _measure_text(rep)
     if out is not None:

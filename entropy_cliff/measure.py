@@ -71,6 +71,9 @@ class Measurement:
     utilization: np.ndarray
     ci: np.ndarray | None
     ci_prefix: np.ndarray | None = None
+    #: How it was computed: ``{"name": "local", "workers": 1, "threads": T}`` or the Dask engine's
+    #: ``{"name": "dask", "workers": n, ...}`` (see :func:`entropy_cliff.distributed.measure_distributed`).
+    engine: dict | None = None
 
     @property
     def log2_N(self) -> float:
@@ -558,14 +561,20 @@ def _prefix_sums(parts: list[np.ndarray], weights: np.ndarray | None, small_grou
         bar.close()
     S = S_act + np.cumsum(S_diff)[: L + 1]
     G = G_act + np.cumsum(G_diff)[: L + 1]
-    # Exactness where the partition is known: equal group counts mean an unchanged partition
-    # (refinement), so S is unchanged; G = number of weighted rows means all rows are apart.
+    _exact_where_known(S, G, n_rows, all_apart, W)
+    return S, G, W
+
+
+def _exact_where_known(S: np.ndarray, G: np.ndarray, n_rows: int, all_apart: float = 0.0, W: int | None = None) -> None:
+    """Set ``S`` exactly where the partition is known, in place: equal group counts mean an
+    unchanged partition (refinement), so S is unchanged; ``G = n_rows`` (rows of positive weight)
+    means all rows are apart (``S = all_apart``, 0 for unit weights). ``W`` defaults to n_rows."""
+    W = n_rows if W is None else W
     S[G == n_rows] = all_apart
     S[0] = W * math.log2(W) if W > 1 else 0.0
-    for t in range(1, L + 1):
+    for t in range(1, len(S)):
         if G[t] == G[t - 1]:
             S[t] = S[t - 1]
-    return S, G, W
 
 
 def prefix_entropy(
@@ -762,4 +771,5 @@ def measure(
             bar.close()
         ci_prefix = estimators.basic_interval(H_prefix, reps, confidence)
         ci = estimators.basic_interval(H_cond, np.diff(reps, axis=1, prepend=0.0), confidence)
-    return dataclasses.replace(m, ci=ci, ci_prefix=ci_prefix)
+    return dataclasses.replace(m, ci=ci, ci_prefix=ci_prefix,
+                               engine={"name": "local", "workers": 1, "threads": nb.get_num_threads()})
