@@ -297,20 +297,14 @@ def _demo_path(name: str) -> Path:
 
 
 def _import_measure():
-    """Import the Numba kernels without Numba's BLAS probe.
+    """The measure function, its first call free of Numba's SciPy BLAS probe (see
+    :func:`entropy_cliff.measure.without_scipy_linalg`)."""
+    from entropy_cliff.measure import measure, without_scipy_linalg
 
-    On its first kernel load Numba imports ``scipy.linalg.cython_blas`` (about 0.3 s) only to learn
-    whether ``np.dot`` may call BLAS; our kernels call no BLAS. Inside this command's own process we
-    hide that module while Numba looks for it, so it records "no BLAS" for this process only.
-    """
-    if "numba.np.arraymath" not in sys.modules and "scipy.linalg.cython_blas" not in sys.modules:
-        sys.modules["scipy.linalg.cython_blas"] = None  # type: ignore[assignment]
-        try:
-            import numba.np.arraymath  # noqa: F401
-        finally:
-            del sys.modules["scipy.linalg.cython_blas"]
-    from entropy_cliff.measure import measure
-    return measure
+    def run(*args, **kwargs):
+        with without_scipy_linalg():
+            return measure(*args, **kwargs)
+    return run
 
 
 def _load_measurement(path: Path, key: str | None, sched_flags: dict[str, Any], uniform_K: int | None,

@@ -27,6 +27,7 @@ private counts); the corpus, memory-mapped or not, is never copied whole.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
@@ -418,6 +419,39 @@ def _scan_block(B, flip, offsets, K_u, counts, mins, maxs, do_count, buf):
 
 
 # ----------------------------------------------------------------------------- Python API
+
+
+class _RefuseImport:
+    """A ``sys.meta_path`` finder refusing some modules (Python's documented import protocol)."""
+
+    def __init__(self, names: tuple[str, ...]):
+        self.names = names
+
+    def find_spec(self, name, path=None, target=None):
+        if name in self.names:
+            raise ImportError(f"{name} is not loaded while the entropy kernels load")
+        return None
+
+
+@contextlib.contextmanager
+def without_scipy_linalg():
+    """Within the block, ``import scipy.linalg`` fails unless SciPy's linalg is already loaded.
+
+    Numba's first kernel dispatch imports ``scipy.linalg.cython_blas`` (about 0.3 s) only to learn
+    whether ``np.dot`` may call BLAS; our kernels call no BLAS, so a command that only measures
+    runs its first dispatch inside this block (the probe then finds no BLAS, for this process).
+    It relies on Python's import protocol only; a process that needs SciPy loads it outside.
+    """
+    if "scipy.linalg" in sys.modules:
+        yield
+        return
+    finder = _RefuseImport(("scipy.linalg",))
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
+
 
 
 def _integer_corpus(X) -> list[np.ndarray]:
