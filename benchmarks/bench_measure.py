@@ -188,10 +188,69 @@ def bench_case(label: str, path: Path, repeat: int, command_line: str) -> None:
     print(f"  {command_line}")
 
 
+def case_sharded() -> Path:
+    """Case (a) as a sharded dump: 4 uneven shards + meta.json (written once)."""
+    d = DATA / "a_sharded"
+    if not (d / "meta.json").exists():
+        X = np.load(case_a(), mmap_mode="r")
+        d.mkdir(parents=True, exist_ok=True)
+        for i, (r0, r1) in enumerate([(0, 200_000), (200_000, 700_000), (700_000, 1_000_000), (1_000_000, X.shape[0])]):
+            np.save(d / f"shard-{i:05d}.npy", X[r0:r1])
+        (d / "meta.json").write_text(case_a().with_name("a_imagenet.meta.json").read_text())
+    return d
+
+
+def bench_sharded(repeat: int) -> None:
+    from entropy_cliff.measure import measure
+    from entropy_cliff.io import read_sidecar
+    from entropy_cliff.shards import load_corpus
+
+    parts, meta = load_corpus(case_sharded()), read_sidecar(case_sharded())
+    X = load_corpus(case_a())
+    t_one, m1 = _best(lambda: measure(X, meta["K"], progress=False), repeat)
+    t_sh, m2 = _best(lambda: measure(parts, meta["K"], progress=False), repeat)
+    assert (m1.groups == m2.groups).all()
+    print(f"\n== sharded (a): 4 shards, {sum(p.shape[0] for p in parts):,} rows: measure {t_sh:.3f} s "
+          f"(one file {t_one:.3f} s), groups equal, max |dH| = {np.abs(m1.H_cond - m2.H_cond).max():.1e}")
+
+
+def bench_dask_weak(rows_per_worker: int = 200_000) -> None:
+    """Dask weak scaling: 1 -> 2 worker processes on 127.0.0.1, rows per worker fixed.
+
+    The corpus has duplicated rows and a heavy prefix (10 % one row, 10 % one 8-token prefix), so
+    the exchange and the partition kernels do real work.
+    """
+    from distributed import Client, LocalCluster
+
+    from entropy_cliff.distributed import measure_distributed
+
+    for w in (1, 2):
+        d = DATA / f"dask_{w}w"
+        n = rows_per_worker * w
+        if not (d / "shard-00000.npy").exists():
+            rng = np.random.default_rng(10 + w)
+            X = rng.integers(0, K_TOKENS, (n, L), dtype=np.uint16)
+            X[: n // 10] = X[n // 2]
+            X[n // 10 : n // 5, :8] = X[7, :8]
+            d.mkdir(parents=True, exist_ok=True)
+            for i, part in enumerate(np.array_split(X[rng.permutation(n)], 2 * w)):
+                np.save(d / f"shard-{i:05d}.npy", part)
+        with LocalCluster(n_workers=w, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cl, \
+                Client(cl) as client:
+            measure_distributed(d, [K_TOKENS] * L, client=client)  # warm the workers' kernels
+            t0 = time.perf_counter()
+            m = measure_distributed(d, [K_TOKENS] * L, client=client)
+            dt = time.perf_counter() - t0
+        print(f"== dask weak scaling: {w} worker(s), {n:,} x {L} uint16: {dt:.2f} s, "
+              f"{n / dt / w:,.0f} rows/s per worker ({m.engine['levels']} levels, "
+              f"{m.engine['heavy_groups']} heavy keys, {m.engine['rows_in_kernels']:,} rows in kernels)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--big", action="store_true", help="also measure 10M x 256 uint16 from disk (5.1 GB)")
     ap.add_argument("--repeat", type=int, default=3, help="timed repetitions of measure (best is shown)")
+    ap.add_argument("--no-dask", action="store_true", help="skip the Dask weak-scaling case")
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} "
           f"(other processes share the cores; timings are wall clock)")
@@ -203,6 +262,9 @@ def main() -> None:
     big_line = run_command(big) if big is not None else None
     for (label, path), line in zip(cases, lines):
         bench_case(label, path, args.repeat, line)
+    bench_sharded(args.repeat)
+    if not args.no_dask:
+        bench_dask_weak()
     if big is not None:
         X = np.load(big, mmap_mode="r")
         print(f"\n== big: {big.name}  N = {X.shape[0]:,} x L = {X.shape[1]}  {X.dtype}  "

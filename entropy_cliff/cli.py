@@ -320,12 +320,15 @@ def measure_options(f):
 @measure_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="also write DIR/measure.json, DIR/measure.csv and DIR/entropy.png.")
+@click.option("--scheduler", metavar="ADDRESS", help="run on this dask.distributed scheduler (tcp://host:8786).")
+@click.option("--workers", type=click.IntRange(min=1), help="run on a local Dask cluster of N worker processes.")
 @format_option
 def measure(tokens, demo, key, kind, kmin, kmax, power, schedule_file, K, delta, epsilon, bootstrap, symlog,
-            confidence, seed, quiet, out, fmt):
+            confidence, seed, quiet, out, scheduler, workers, fmt):
     """Exact per-position conditional entropy H(X_t | X_<t) of a token corpus, and its t*.
 
-    TOKENS is an (N, L) integer .npy (memory-mapped, may exceed RAM) or .npz (--key). K_t comes
+    TOKENS is an (N, L) integer .npy (memory-mapped, may exceed RAM), an .npz (--key) or a
+    directory of .npy shards measured as one corpus (K_t from DIR/meta.json). K_t comes
     from --schedule/--K, else from the sidecar NAME.meta.json written by `vcq dump-tokens`, else
     it is inferred as the largest token + 1. Every token is checked against its K_t. Formulas:
     docs/formulas.md; output fields: docs/output-fields.md.
@@ -334,6 +337,7 @@ def measure(tokens, demo, key, kind, kmin, kmax, power, schedule_file, K, delta,
     entropy-cliff measure tokens.npy
     entropy-cliff measure tokens.npy --schedule cosine --kmin 2 --kmax 1024 --out results/
     entropy-cliff measure --demo cosine --format json
+    entropy-cliff measure shards/ --scheduler tcp://10.0.0.1:8786
     """
     from entropy_cliff.io import prepare_output
     from entropy_cliff.report import measure_corpus
@@ -345,7 +349,8 @@ def measure(tokens, demo, key, kind, kmin, kmax, power, schedule_file, K, delta,
     rep = measure_corpus(tokens if tokens is not None else _demo_path(demo),
                          schedule=dict(kind=kind, kmin=kmin, kmax=kmax, power=power, schedule_file=schedule_file),
                          K=K, key=key, delta=delta, epsilon=epsilon, bootstrap=bootstrap, confidence=confidence,
-                         seed=seed, progress=False if quiet else None)
+                         seed=seed, progress=False if quiet else None,
+                         scheduler=scheduler, workers=workers)
     if out is not None:
         rep.save(out, symlog=symlog)
         click.echo(f"wrote {out}/measure.json, measure.csv, entropy.png", err=True)

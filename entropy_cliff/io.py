@@ -31,6 +31,7 @@ import numpy as np
 
 from entropy_cliff.errors import EntropyCliffError
 
+SHARDS_META = "meta.json"
 SIDECAR_SUFFIX = ".meta.json"
 LABELS_SUFFIX = ".labels.npy"
 _UMASK = os.umask(0)
@@ -38,8 +39,10 @@ os.umask(_UMASK)
 
 
 def sidecar_path(tokens_path: str | os.PathLike) -> Path:
-    """``DIR/NAME.npy`` -> ``DIR/NAME.meta.json``."""
+    """``DIR/NAME.npy`` -> ``DIR/NAME.meta.json``; a sharded dump's directory ``NAME/`` -> ``NAME/meta.json``."""
     p = Path(tokens_path)
+    if p.is_dir():
+        return p / SHARDS_META
     return p.with_name(p.name[: -len(p.suffix)] + SIDECAR_SUFFIX if p.suffix else p.name + SIDECAR_SUFFIX)
 
 

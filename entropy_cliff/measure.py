@@ -27,6 +27,8 @@ private counts); the corpus, memory-mapped or not, is never copied whole.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import sys
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ import numpy as np
 
 from entropy_cliff import estimators
 from entropy_cliff.errors import EntropyCliffError
+from entropy_cliff.theory import MAX_CODEBOOK
 
 #: Groups with at most this many rows are finished on contiguous rows instead of column by column.
 SMALL_GROUP = 16
@@ -69,6 +72,9 @@ class Measurement:
     utilization: np.ndarray
     ci: np.ndarray | None
     ci_prefix: np.ndarray | None = None
+    #: How it was computed: ``{"name": "local", "workers": 1, "threads": T}`` or the Dask engine's
+    #: ``{"name": "dask", "workers": n, ...}`` (see :func:`entropy_cliff.distributed.measure_distributed`).
+    engine: dict | None = None
 
     @property
     def log2_N(self) -> float:
@@ -415,13 +421,63 @@ def _scan_block(B, flip, offsets, K_u, counts, mins, maxs, do_count, buf):
 # ----------------------------------------------------------------------------- Python API
 
 
-def _integer_corpus(X) -> np.ndarray:
-    """``X`` as an (N, L) integer ndarray (memory maps stay memory maps), else EntropyCliffError."""
-    if not isinstance(X, np.ndarray):
-        X = np.asarray(X)
-    if X.ndim != 2 or X.dtype.kind not in "iu" or X.size == 0:
-        raise EntropyCliffError(f"expected a non-empty (N, L) integer token array, got {X.dtype} {X.shape}")
-    return X
+class _RefuseImport:
+    """A ``sys.meta_path`` finder refusing some modules (Python's documented import protocol)."""
+
+    def __init__(self, names: tuple[str, ...]):
+        self.names = names
+
+    def find_spec(self, name, path=None, target=None):
+        if name in self.names:
+            raise ImportError(f"{name} is not loaded while the entropy kernels load")
+        return None
+
+
+@contextlib.contextmanager
+def without_scipy_linalg():
+    """Within the block, ``import scipy.linalg`` fails unless SciPy's linalg is already loaded.
+
+    Numba's first kernel dispatch imports ``scipy.linalg.cython_blas`` (about 0.3 s) only to learn
+    whether ``np.dot`` may call BLAS; our kernels call no BLAS, so a command that only measures
+    runs its first dispatch inside this block (the probe then finds no BLAS, for this process).
+    It relies on Python's import protocol only; a process that needs SciPy loads it outside.
+    """
+    if "scipy.linalg" in sys.modules:
+        yield
+        return
+    finder = _RefuseImport(("scipy.linalg",))
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
+
+
+
+def _integer_corpus(X) -> list[np.ndarray]:
+    """``X`` as a list of (n_i, L) integer ndarrays (its parts, read as one corpus in order).
+
+    ``X`` is one array or a sequence of arrays (the shards of a sharded dump). Memory maps stay
+    memory maps. Parts must share L and the dtype kind (signed or unsigned); a part of a narrower
+    dtype is widened to the widest one (a copy of that part only). Else EntropyCliffError.
+    """
+    many = isinstance(X, (list, tuple))
+    parts = [p if isinstance(p, np.ndarray) else np.asarray(p) for p in (X if many else [X])]
+    if not parts:
+        raise EntropyCliffError("expected a non-empty (N, L) integer token array, got no arrays")
+    for i, P in enumerate(parts):
+        if P.ndim != 2 or P.dtype.kind not in "iu" or P.size == 0:
+            where = f"part {i}: " if many else ""
+            raise EntropyCliffError(f"{where}expected a non-empty (N, L) integer token array, got {P.dtype} {P.shape}")
+    L, kind = parts[0].shape[1], parts[0].dtype.kind
+    for i, P in enumerate(parts[1:], start=1):
+        if P.shape[1] != L:
+            raise EntropyCliffError(f"part {i} has L = {P.shape[1]} positions, part 0 has L = {L}")
+        if P.dtype.kind != kind:
+            raise EntropyCliffError(f"part {i} holds {P.dtype} tokens, part 0 holds {parts[0].dtype} (signed and unsigned mixed)")
+    width = max(P.dtype.itemsize for P in parts)
+    dt = np.dtype(f"={kind}{width}")
+    return [P if P.dtype.itemsize == width else P.astype(dt) for P in parts]
 
 
 def _flat_geometry(X: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
@@ -445,6 +501,39 @@ def _flat_geometry(X: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]
     return F.view(np.dtype(f"=u{item}")), (-low, s0, s1, L)
 
 
+def _row_space(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+    """One flat token buffer ``F``, the offset in ``F`` of every row's first token, and ``geo``.
+
+    The kernels address token (row r, column c) as ``F[off[r] + c s1]`` (``geo = (0, 1, s1, L)``,
+    rows given by their offsets), so the rows of several arrays form one corpus without
+    concatenation. One array: ``F`` spans its memory. Several: each part is made row-contiguous
+    (``s1 = 1``; a copy only of a part that is not) and ``F`` is a view that starts at the
+    lowest-addressed part and ends after the highest one; the kernels read only the parts' own
+    tokens through it, never the address gaps between them. ``parts`` must stay alive while ``F``
+    is used.
+    """
+    if len(parts) == 1:
+        F, (base, s0, s1, L) = _flat_geometry(parts[0])
+        return F, base + s0 * np.arange(parts[0].shape[0], dtype=np.int64), (0, 1, s1, L)
+    item = parts[0].dtype.itemsize
+    rows = []
+    for i, P in enumerate(parts):
+        if P.strides[1] != item or P.strides[0] % item or P.ctypes.data % item:
+            parts[i] = np.ascontiguousarray(P)
+    addr = [P.ctypes.data for P in parts]  # address of token (0, 0)
+    lows = [a + min(0, (P.shape[0] - 1) * P.strides[0]) for a, P in zip(addr, parts)]
+    highs = [a + max(0, (P.shape[0] - 1) * P.strides[0]) + P.shape[1] * item for a, P in zip(addr, parts)]
+    first = int(np.argmin(lows))
+    base = lows[first]
+    for a, P in zip(addr, parts):
+        rows.append((a - base) // item + (P.strides[0] // item) * np.arange(P.shape[0], dtype=np.int64))
+    P0 = parts[first]
+    corner = P0[(P0.shape[0] - 1 if P0.strides[0] < 0 else 0):][:1, :1]
+    F = np.lib.stride_tricks.as_strided(corner, shape=((max(highs) - base) // item,), strides=(item,),
+                                        writeable=False)
+    return F.view(np.dtype(f"=u{item}")), np.concatenate(rows), (0, 1, 1, parts[0].shape[1])
+
+
 def _want_progress(progress: bool | None, size: int) -> bool:
     if progress is None:
         return size >= PROGRESS_MIN_TOKENS and sys.stderr.isatty()
@@ -459,12 +548,15 @@ def _bar(enabled: bool, total: int, desc: str, unit: str):
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False)
 
 
-def _prefix_sums(X: np.ndarray, weights: np.ndarray | None, small_group: int, progress: bool):
-    """``S_l = sum_g c_g log2 c_g`` and ``G_l`` for prefix lengths l = 0..L, plus the total weight."""
-    N, L = X.shape
-    F, geo = _flat_geometry(X)
+def _prefix_sums(parts: list[np.ndarray], weights: np.ndarray | None, small_group: int, progress: bool):
+    """``S_l = sum_g c_g log2 c_g`` and ``G_l`` for prefix lengths l = 0..L, plus the total weight.
+
+    ``parts`` (see :func:`_integer_corpus`) are one corpus; ``weights`` follow their rows in order.
+    """
+    N, L = sum(P.shape[0] for P in parts), parts[0].shape[1]
+    F, offsets, geo = _row_space(parts)
     if weights is None:
-        rows = np.arange(N, dtype=np.int64)
+        rows = offsets
         w = np.ones(N, dtype=np.int64)
     else:
         weights = np.asarray(weights)
@@ -472,8 +564,9 @@ def _prefix_sums(X: np.ndarray, weights: np.ndarray | None, small_group: int, pr
             raise EntropyCliffError(f"weights must be {N} non-negative integers, got {weights.dtype} {weights.shape}")
         if weights.size and weights.min() < 0:
             raise EntropyCliffError("weights must be non-negative")
-        rows = np.flatnonzero(weights).astype(np.int64)
-        w = weights[rows].astype(np.int64)
+        keep = np.flatnonzero(weights)
+        rows = offsets[keep]
+        w = weights[keep].astype(np.int64)
     W = int(w.sum())
     if W == 0:
         raise EntropyCliffError("all weights are zero")
@@ -502,14 +595,20 @@ def _prefix_sums(X: np.ndarray, weights: np.ndarray | None, small_group: int, pr
         bar.close()
     S = S_act + np.cumsum(S_diff)[: L + 1]
     G = G_act + np.cumsum(G_diff)[: L + 1]
-    # Exactness where the partition is known: equal group counts mean an unchanged partition
-    # (refinement), so S is unchanged; G = number of weighted rows means all rows are apart.
+    _exact_where_known(S, G, n_rows, all_apart, W)
+    return S, G, W
+
+
+def _exact_where_known(S: np.ndarray, G: np.ndarray, n_rows: int, all_apart: float = 0.0, W: int | None = None) -> None:
+    """Set ``S`` exactly where the partition is known, in place: equal group counts mean an
+    unchanged partition (refinement), so S is unchanged; ``G = n_rows`` (rows of positive weight)
+    means all rows are apart (``S = all_apart``, 0 for unit weights). ``W`` defaults to n_rows."""
+    W = n_rows if W is None else W
     S[G == n_rows] = all_apart
     S[0] = W * math.log2(W) if W > 1 else 0.0
-    for t in range(1, L + 1):
+    for t in range(1, len(S)):
         if G[t] == G[t - 1]:
             S[t] = S[t - 1]
-    return S, G, W
 
 
 def prefix_entropy(
@@ -521,6 +620,8 @@ def prefix_entropy(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact plug-in prefix entropies ``H(X_{<=t})`` (bits) and distinct-prefix counts ``G_t``.
 
+    ``X`` is an (N, L) integer array or a sequence of (n_i, L) arrays read as one corpus.
+
     ``H(X_{<=t}) = log2 W - (1/W) sum_g C_g log2 C_g`` where ``C_g`` is the total weight of the rows
     whose length-t prefix is g and ``W`` the total weight (``weights=None``: every row weighs 1,
     W = N). ``G_t`` counts the distinct prefixes among rows of positive weight. Both arrays have
@@ -528,27 +629,30 @@ def prefix_entropy(
     are finished on contiguous rows (0: column by column only; >= N: contiguous only); the result
     does not depend on it.
     """
-    X = _integer_corpus(X)
-    N, L = X.shape
-    S, G, W = _prefix_sums(X, weights, small_group, _want_progress(progress, N * L))
+    parts = _integer_corpus(X)
+    N, L = sum(P.shape[0] for P in parts), parts[0].shape[1]
+    S, G, W = _prefix_sums(parts, weights, small_group, _want_progress(progress, N * L))
     H = math.log2(W) - S / W
     return H[1:], G[1:]
 
 
-def _scan(X: np.ndarray, K: np.ndarray | None, progress: bool):
-    """One pass in row blocks: per-position min and max (as Python ints), and marginal counts when
-    ``K`` is given."""
-    N, L = X.shape
+def _scan(parts: list[np.ndarray], K: np.ndarray | None, progress: bool):
+    """One pass in row blocks over every part: per-position min and max (as Python ints), and
+    marginal counts (int64, positions concatenated) when ``K`` is given (``sum K_t`` bins)."""
+    N, L = sum(P.shape[0] for P in parts), parts[0].shape[1]
     T = nb.get_num_threads()
-    dt = X.dtype.newbyteorder("=")
+    dt = parts[0].dtype.newbyteorder("=")
     ut = np.dtype(f"=u{dt.itemsize}")
     flip = ut.type(1 << (8 * dt.itemsize - 1) if dt.kind == "i" else 0)
     mins = np.full((T, L), np.iinfo(ut).max, dtype=ut)
     maxs = np.zeros((T, L), dtype=ut)
     ctype = np.int32 if N < 2**31 else np.int64
     if K is not None:
+        bins = sum(K.tolist())  # Python ints: no overflow before the size check
+        if bins > MAX_DENSE_BINS:
+            raise EntropyCliffError(f"{bins} marginal histogram bins exceed {MAX_DENSE_BINS}")
         offsets = np.concatenate(([0], np.cumsum(K)[:-1])).astype(np.int64)
-        counts = np.zeros((T, int(K.sum())), dtype=ctype)
+        counts = np.zeros((T, bins), dtype=ctype)
         K_u = K.astype(np.uint64)
     else:
         offsets = np.zeros(L, np.int64)
@@ -559,12 +663,13 @@ def _scan(X: np.ndarray, K: np.ndarray | None, progress: bool):
     tile = min(max(1, _TILE_BYTES // row_bytes), -(-N // T))
     buf = np.empty((T, L, tile + _PAD) if K is not None else (T, 0, _PAD + 1), dtype=ut)
     bar = _bar(progress, N, "scan", "row")
-    for r0 in range(0, N, step):
-        B = np.ascontiguousarray(X[r0 : r0 + step], dtype=dt).view(ut)  # a copy only for a strided block
-        B.flags.writeable = False  # one compiled kernel for memory maps and in-memory arrays alike
-        _scan_block(B, flip, offsets, K_u, counts, mins, maxs, K is not None, buf)
-        if bar is not None:
-            bar.update(B.shape[0])
+    for X in parts:
+        for r0 in range(0, X.shape[0], step):
+            B = np.ascontiguousarray(X[r0 : r0 + step], dtype=dt).view(ut)  # a copy only for a strided block
+            B.flags.writeable = False  # one compiled kernel for memory maps and in-memory arrays alike
+            _scan_block(B, flip, offsets, K_u, counts, mins, maxs, K is not None, buf)
+            if bar is not None:
+                bar.update(B.shape[0])
     if bar is not None:
         bar.close()
     lo = (mins.min(axis=0) ^ flip).view(dt).tolist()
@@ -582,19 +687,70 @@ def _check_values(mins: list[int], maxs: list[int], K: np.ndarray | None) -> Non
             raise EntropyCliffError(f"position {t + 1}: token {hi} >= K_t = {int(K[t])}; tokens must lie in [0, K_t)")
 
 
-def _marginal_entropy(X: np.ndarray, K: np.ndarray, counts: np.ndarray | None) -> np.ndarray:
+def _codebook_sizes(K, L: int) -> np.ndarray | None:
+    """``K`` (None or L positive integers <= :data:`~entropy_cliff.theory.MAX_CODEBOOK`) as int64."""
+    if K is None:
+        return None
+    K = np.asarray(K)
+    if K.ndim != 1 or K.shape[0] != L:
+        raise EntropyCliffError(f"K lists {K.size} codebook sizes but the corpus has L = {L} positions")
+    if K.dtype.kind not in "iuO" or (K.dtype.kind == "O" and not all(isinstance(k, int) for k in K.tolist())):
+        raise EntropyCliffError(f"codebook sizes K_t must be positive integers, got {K.dtype}")
+    ks = [int(k) for k in K.tolist()]
+    bad = next((t for t, k in enumerate(ks) if not 1 <= k <= MAX_CODEBOOK), None)
+    if bad is not None:
+        raise EntropyCliffError(f"K_{bad + 1} = {ks[bad]}: codebook sizes must be positive integers no larger than 2^62")
+    return np.array(ks, dtype=np.int64)
+
+
+def _inferred_codebook(maxs: list[int], L: int) -> np.ndarray:
+    """K_t = the global maximum token + 1 at every position."""
+    top = max(maxs) + 1
+    if top > MAX_CODEBOOK:
+        raise EntropyCliffError(f"largest token {top - 1} needs a codebook of {top} > 2^62 entries (the supported maximum)")
+    return np.full(L, top, dtype=np.int64)
+
+
+def _dense_histograms(K: np.ndarray) -> bool:
+    return sum(K.tolist()) <= MAX_DENSE_BINS
+
+
+def _marginal_from_counts(N: int, K: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``M_t = log2 N - (1/N) sum_x c_{t,x} log2 c_{t,x}`` from histograms concatenated by position."""
+    offsets = np.concatenate(([0], np.cumsum(K)[:-1]))
+    s = np.add.reduceat(estimators.xlog2x(counts), offsets)
+    return math.log2(N) - s / N
+
+
+def _marginal_entropy(parts: list[np.ndarray], K: np.ndarray, counts: np.ndarray | None) -> np.ndarray:
     """``M_t = H(X_t)`` from the dense histograms, or column by column when those are too large."""
-    N = X.shape[0]
+    N = sum(P.shape[0] for P in parts)
     if counts is not None:
-        offsets = np.concatenate(([0], np.cumsum(K)[:-1]))
-        s = np.add.reduceat(estimators.xlog2x(counts), offsets)
-        return math.log2(N) - s / N
-    return np.array([estimators.plugin_entropy(np.unique(np.asarray(X[:, t]), return_counts=True)[1])
-                     for t in range(X.shape[1])])
+        return _marginal_from_counts(N, K, counts)
+    return np.array([estimators.plugin_entropy(np.unique(np.concatenate([np.asarray(P[:, t]) for P in parts]),
+                                                         return_counts=True)[1])
+                     for t in range(parts[0].shape[1])])
+
+
+def measurement_from_sums(N: int, K: np.ndarray, K_inferred: bool, S: np.ndarray, G: np.ndarray,
+                          H_marginal: np.ndarray, ci=None, ci_prefix=None) -> Measurement:
+    """A :class:`Measurement` from ``S_l = sum_g c_g log2 c_g`` and ``G_l`` (l = 0..L) of N rows.
+
+    ``H(X_{<=t}) = log2 N - S_t / N``, ``H_t`` its differences, Miller–Madow from ``G_t``,
+    ``U_t = M_t / log2 K_t`` (NaN where K_t = 1). Every engine ends here.
+    """
+    H_prefix = math.log2(N) - np.asarray(S, dtype=np.float64)[1:] / N
+    groups = np.asarray(G, dtype=np.int64)[1:]
+    H_cond = np.diff(H_prefix, prepend=0.0)
+    H_cond_mm = np.diff(estimators.miller_madow(H_prefix, groups, N), prepend=0.0)
+    utilization = np.where(K > 1, H_marginal / np.log2(np.maximum(K, 2).astype(np.float64)), np.nan)
+    return Measurement(N=N, L=len(K), K=K, K_inferred=K_inferred, H_prefix=H_prefix, H_cond=H_cond,
+                       H_cond_mm=H_cond_mm, groups=groups, H_marginal=H_marginal,
+                       utilization=utilization, ci=ci, ci_prefix=ci_prefix)
 
 
 def measure(
-    X: np.ndarray,
+    X,
     K=None,
     *,
     bootstrap: int = 0,
@@ -605,53 +761,43 @@ def measure(
 ) -> Measurement:
     """Measure an (N, L) integer corpus: prefix, conditional, Miller–Madow and marginal entropies.
 
-    ``K`` gives the codebook size per position (length L); when None it is inferred as the global
-    maximum token + 1. Raises :class:`EntropyCliffError` for a negative token or a token >= K_t.
+    ``X`` is one (N, L) array or a sequence of (n_i, L) arrays (the shards of a sharded dump,
+    see :mod:`entropy_cliff.shards`) measured as one corpus of N = sum n_i rows, never concatenated.
+    ``K`` gives the codebook size per position (length L, each in [1, 2^62]); when None it is
+    inferred as the global maximum token + 1. Raises :class:`EntropyCliffError` for a negative
+    token or a token >= K_t.
     ``bootstrap = B > 0`` resamples rows B times (multinomial row weights, ``seed``) and adds
     basic bootstrap intervals at level ``confidence`` for H_cond (``ci``) and H_prefix
     (``ci_prefix``); see :func:`entropy_cliff.estimators.basic_interval` for why not percentile
     intervals (resampled plug-in entropies are biased low near the cliff).
     ``small_group`` tunes the kernel (see :func:`prefix_entropy`) and never changes the result.
     """
-    X = _integer_corpus(X)
-    N, L = X.shape
+    parts = _integer_corpus(X)
+    N, L = sum(P.shape[0] for P in parts), parts[0].shape[1]
     show = _want_progress(progress, N * L)
-    if K is not None:
-        K = np.asarray(K)
-        if K.ndim != 1 or K.shape[0] != L:
-            raise EntropyCliffError(f"K lists {K.size} codebook sizes but the corpus has L = {L} positions")
-        if K.dtype.kind not in "iu" or (K < 1).any():
-            raise EntropyCliffError("codebook sizes K_t must be positive integers")
-        K = K.astype(np.int64)
+    K = _codebook_sizes(K, L)
     if bootstrap < 0:
         raise EntropyCliffError(f"bootstrap must be >= 0, got {bootstrap}")
     if bootstrap:
         estimators.basic_interval(np.zeros(1), np.zeros((1, 1)), confidence)  # validates the level early
-    dense = K is not None and int(K.sum()) <= MAX_DENSE_BINS
-    mins, maxs, counts = _scan(X, K if dense else None, show)
+    mins, maxs, counts = _scan(parts, K if K is not None and _dense_histograms(K) else None, show)
     _check_values(mins, maxs, K)
     K_inferred = K is None
     if K_inferred:
-        top = max(maxs) + 1
-        if top > np.iinfo(np.int64).max:
-            raise EntropyCliffError(f"largest token {top - 1} does not fit a 64-bit codebook size")
-        K = np.full(L, top, dtype=np.int64)
-        if top * L <= MAX_DENSE_BINS:
-            counts = _scan(X, K, show)[2]
-    S, G, _ = _prefix_sums(X, None, small_group, show)
-    H_prefix = math.log2(N) - S[1:] / N
-    groups = G[1:]
-    H_cond = np.diff(H_prefix, prepend=0.0)
-    H_cond_mm = np.diff(estimators.miller_madow(H_prefix, groups, N), prepend=0.0)
-    H_marginal = _marginal_entropy(X, K, counts)
-    utilization = np.where(K > 1, H_marginal / np.log2(np.maximum(K, 2)), np.nan)
+        K = _inferred_codebook(maxs, L)
+        if _dense_histograms(K):
+            counts = _scan(parts, K, show)[2]
+    S, G, _ = _prefix_sums(parts, None, small_group, show)
+    H_marginal = _marginal_entropy(parts, K, counts)
+    m = measurement_from_sums(N, K, K_inferred, S, G, H_marginal)
+    H_prefix, H_cond = m.H_prefix, m.H_cond
     ci = ci_prefix = None
     if bootstrap:
         rng = np.random.default_rng(seed)
         reps = np.empty((bootstrap, L))
         bar = _bar(show, bootstrap, "bootstrap", "resample")
         for b in range(bootstrap):
-            S_b, _, W = _prefix_sums(X, estimators.bootstrap_weights(rng, N), small_group, False)
+            S_b, _, W = _prefix_sums(parts, estimators.bootstrap_weights(rng, N), small_group, False)
             reps[b] = math.log2(W) - S_b[1:] / W
             if bar is not None:
                 bar.update(1)
@@ -659,6 +805,5 @@ def measure(
             bar.close()
         ci_prefix = estimators.basic_interval(H_prefix, reps, confidence)
         ci = estimators.basic_interval(H_cond, np.diff(reps, axis=1, prepend=0.0), confidence)
-    return Measurement(N=N, L=L, K=K, K_inferred=K_inferred, H_prefix=H_prefix, H_cond=H_cond,
-                       H_cond_mm=H_cond_mm, groups=groups, H_marginal=H_marginal,
-                       utilization=utilization, ci=ci, ci_prefix=ci_prefix)
+    return dataclasses.replace(m, ci=ci, ci_prefix=ci_prefix,
+                               engine={"name": "local", "workers": 1, "threads": nb.get_num_threads()})

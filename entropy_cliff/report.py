@@ -312,62 +312,68 @@ def _bytes(n: float) -> str:
     return f"{n:.3g} EiB"  # unreachable
 
 
-def looks_variable(X: np.ndarray, block_rows: int = 1 << 20) -> bool:
-    """Whether a corpus's per-position largest token clearly grows with t, as a VCQ schedule's does:
-    the largest token + 1 over the first quarter of positions is at most half that of the last quarter."""
-    N, L = X.shape
+def looks_variable(parts: list[np.ndarray], block_rows: int = 1 << 20) -> bool:
+    """Whether a corpus (its parts: one array, or the shards of a sharded dump) has a per-position largest
+    token that clearly grows with t, as a VCQ schedule's does: the largest token + 1 over the first
+    quarter of positions is at most half that of the last quarter."""
+    L = parts[0].shape[1]
     if L < 4:
         return False
     top = np.zeros(L, dtype=np.int64)
-    for r0 in range(0, N, block_rows):
-        top = np.maximum(top, np.asarray(X[r0 : r0 + block_rows]).max(axis=0).astype(np.int64))
+    for X in parts:
+        for r0 in range(0, X.shape[0], block_rows):
+            top = np.maximum(top, np.asarray(X[r0 : r0 + block_rows]).max(axis=0).astype(np.int64))
     q = -(-L // 4)
     return 2 * (int(top[:q].max()) + 1) <= int(top[-q:].max()) + 1
-
-
-def _import_measure():
-    """Import the Numba kernels without Numba's BLAS probe.
-
-    On its first kernel load Numba imports ``scipy.linalg.cython_blas`` (about 0.3 s) only to learn
-    whether ``np.dot`` may call BLAS; our kernels call no BLAS. We hide that module while Numba looks
-    for it, so it records "no BLAS" for this process only.
-    """
-    if "numba.np.arraymath" not in sys.modules and "scipy.linalg.cython_blas" not in sys.modules:
-        sys.modules["scipy.linalg.cython_blas"] = None  # type: ignore[assignment]
-        try:
-            import numba.np.arraymath  # noqa: F401
-        finally:
-            del sys.modules["scipy.linalg.cython_blas"]
-    from entropy_cliff.measure import measure
-    return measure
 
 
 def measure_corpus(source: str | os.PathLike | np.ndarray, *, schedule: Schedule | Mapping[str, Any] | None = None, K: int | None = None,
                    key: str | None = None, delta: float = 0.5, epsilon: float = 0.5, bootstrap: int = 0,
                    confidence: float = 0.95, seed: int = 0, progress: bool | None = None, label: str | None = None,
-                   warn_variable: bool = False) -> MeasureReport:
-    """Measure one corpus (a ``.npy``/``.npz`` path or an (N, L) integer array) into a :class:`MeasureReport`.
+                   warn_variable: bool = False, scheduler: str | None = None,
+                   workers: int | None = None) -> MeasureReport:
+    """Measure one corpus (a ``.npy``/``.npz`` path, a directory of shards, or an (N, L) integer array)
+    into a :class:`MeasureReport`.
 
     K_t: ``schedule`` or uniform ``K``, else the sidecar, else inferred (see :func:`resolve_K`).
     ``bootstrap = B`` adds basic intervals for H_t at level ``confidence`` (refused at once when it
     cannot fit: :func:`check_bootstrap_fits`). ``warn_variable`` adds a warning when K_t is inferred
     or constant but the per-position largest token grows with t (:func:`looks_variable`).
+    The engine is this process (Numba kernel) unless ``scheduler`` (a dask.distributed address) or
+    ``workers`` (a local Dask cluster of that many processes) is given: see
+    :func:`entropy_cliff.distributed.measure_distributed`; both give identical results.
     """
+    from entropy_cliff.shards import load_corpus
+
+    if scheduler is not None and workers is not None:
+        raise EntropyCliffError("give either a scheduler address or a number of local workers, not both")
     if isinstance(source, np.ndarray):
         path, X = None, io.as_corpus(source, "array")
     else:
-        path, X = Path(source), io.load_tokens(source, key)
-    N, L = X.shape
+        path, X = Path(source), load_corpus(source, key)
+    parts = X if isinstance(X, list) else [X]
+    N, L = sum(p.shape[0] for p in parts), parts[0].shape[1]
     Kt, src, sched = resolve_K(path, (N, L), schedule=schedule, K=K)
     check_bootstrap_fits(bootstrap, N, L)
-    m = _import_measure()(X, Kt, bootstrap=bootstrap, confidence=confidence, seed=seed, progress=progress)
+    if scheduler is not None or workers is not None:
+        from entropy_cliff.distributed import measure_distributed
+        if path is None:
+            raise EntropyCliffError("the dask engine measures .npy files or shard directories, not in-memory arrays")
+        if bootstrap:
+            raise EntropyCliffError("bootstrap: not available on the dask engine yet (measure without a scheduler)")
+        m = measure_distributed(path, Kt, scheduler=scheduler, workers=workers)
+    else:
+        from entropy_cliff.measure import measure, without_scipy_linalg
+        with without_scipy_linalg():
+            m = measure(X, Kt, bootstrap=bootstrap, confidence=confidence, seed=seed, progress=progress)
     name = label or (sched.label if sched is not None and sched.kind != "custom" else
                      path.stem if path is not None else "corpus")
     rep = MeasureReport(measurement=m, K_source=src, schedule=sched, file=str(path) if path is not None else None,
                         label=name, delta=delta, epsilon=epsilon,
                         bootstrap={"B": bootstrap, "level": confidence, "seed": seed} if bootstrap else None)
+    rep.add_field("engine", m.engine)
     constant = sched is None or sched.kmin == sched.kmax
-    if warn_variable and constant and looks_variable(X):
+    if warn_variable and constant and looks_variable(parts):
         rep.warnings.append(f"{path or 'array'}: K_t {src.kind} ({'constant' if sched else 'inferred'}), but its "
                             "largest token grows with t like a variable schedule's; give --schedule or a sidecar")
     return rep

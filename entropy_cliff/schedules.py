@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from entropy_cliff.errors import EntropyCliffError
+from entropy_cliff.theory import MAX_CODEBOOK
 
 KINDS = ("constant", "linear", "cosine", "power", "custom")
 
@@ -59,6 +60,8 @@ class Schedule:
             raise EntropyCliffError(f"sequence length must be >= 1, got {self.length}")
         if self.kmin < 1 or self.kmax < 1:
             raise EntropyCliffError(f"codebook sizes must be >= 1 (K_min = {self.kmin}, K_max = {self.kmax})")
+        if self.kmax > MAX_CODEBOOK:
+            raise EntropyCliffError(f"K_max = {self.kmax} exceeds the largest supported codebook size 2^62")
         if self.kmin > self.kmax:
             raise EntropyCliffError(f"K_min = {self.kmin} exceeds K_max = {self.kmax}")
         if self.kind == "power" and not (self.power > 0 and math.isfinite(self.power)):

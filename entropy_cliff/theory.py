@@ -28,14 +28,20 @@ import numpy as np
 
 from entropy_cliff.errors import EntropyCliffError
 
+#: Largest supported codebook size K_t (tokens, K_t and their sums stay far inside int64/uint64).
+MAX_CODEBOOK = 2**62
+
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 #: Largest count accepted by :func:`parse_count` (beyond it floats overflow: log2 N, 2^C(t) / N).
 MAX_COUNT = 10**300
-#: Largest codebook size (a 64-bit signed integer).
-MAX_CODEBOOK = 2**63 - 1
 _THOUSANDS = re.compile(r"^\d{1,3}(,\d{3})+(\.\d*)?$")
 _COUNT = re.compile(r"^\s*(?P<num>[0-9._,]+(?:[eE][+-]?[0-9]+)?)\s*(?P<suf>[kKmMbBgGtT]?)\s*$")
 _POWER = re.compile(r"^\s*(?P<base>\d+)\s*(?:\^|\*\*)\s*(?P<exp>\d+)\s*(?:(?P<sign>[+-])\s*(?P<off>\d+))?\s*$")
+
+
+def _limit(maximum: int) -> str:
+    """A limit for people: ``2^62`` for a power of two, else ``1e+300``-style."""
+    return f"2^{maximum.bit_length() - 1}" if maximum & (maximum - 1) == 0 else f"{maximum:.3g}"
 
 
 def parse_count(text: str | int | float, what: str = "N", maximum: int = MAX_COUNT) -> int:
@@ -54,7 +60,7 @@ def parse_count(text: str | int | float, what: str = "N", maximum: int = MAX_COU
         if m:
             base, exp = int(m["base"]), int(m["exp"])
             if base > 1 and exp * math.log2(base) > maximum.bit_length() + 1:
-                raise EntropyCliffError(f"{what}: {s!r} is out of range (at most {maximum:.3g})")
+                raise EntropyCliffError(f"{what}: {s!r} is out of range (at most {_limit(maximum)})")
             value = base**exp
             if m["off"]:
                 value += int(m["off"]) if m["sign"] == "+" else -int(m["off"])
@@ -68,13 +74,13 @@ def parse_count(text: str | int | float, what: str = "N", maximum: int = MAX_COU
                     raise EntropyCliffError(f"{what}: cannot parse {s!r}: commas must group thousands (1,280,000)")
                 num = num.replace(",", "")
             if len(num) > 400:
-                raise EntropyCliffError(f"{what}: {s[:20]!r}... is out of range (at most {maximum:.3g})")
+                raise EntropyCliffError(f"{what}: {s[:20]!r}... is out of range (at most {_limit(maximum)})")
             try:
                 d = Decimal(num.replace("_", "")) * _SUFFIX[m["suf"].upper()]
             except InvalidOperation:
                 raise EntropyCliffError(f"{what}: cannot parse {s!r} as a count") from None
             if d.adjusted() > len(str(maximum)):
-                raise EntropyCliffError(f"{what}: {s!r} is out of range (at most {maximum:.3g})")
+                raise EntropyCliffError(f"{what}: {s!r} is out of range (at most {_limit(maximum)})")
             if d != d.to_integral_value():
                 raise EntropyCliffError(f"{what}: {s!r} is not a whole number")
             value = int(d)
@@ -82,7 +88,7 @@ def parse_count(text: str | int | float, what: str = "N", maximum: int = MAX_COU
         raise EntropyCliffError(f"{what} must be positive, got {value}")
     if value > maximum:
         shown = f"{value:.3g}" if value.bit_length() < 1000 else f"2^{value.bit_length() - 1}+"
-        raise EntropyCliffError(f"{what}: {shown} is out of range (at most {maximum:.3g})")
+        raise EntropyCliffError(f"{what}: {shown} is out of range (at most {_limit(maximum)})")
     return value
 
 
@@ -167,9 +173,13 @@ def thresholds(N: int, K: int | Sequence[int] | np.ndarray, utilization: float =
                upto: int | None = None) -> list[Threshold]:
     """Data thresholds for t* = 2..upto: ``log2 N > C(T-1)``, also as N and as a multiple of N.
 
-    ``upto`` defaults to max(5, t* + 2), capped at L for a variable schedule.
+    ``upto`` defaults to max(5, t* + 2), capped at L for a variable schedule. For ``u = 1``
+    "reached" is decided in integers (``N > prod_{s<T} K_s``), so it always agrees with
+    :func:`t_star`. A uniform ``K = 1`` raises: it never reaches any t*.
     """
     uniform = np.ndim(K) == 0
+    if uniform and int(K) == 1:
+        raise EntropyCliffError("K = 1: a one-entry codebook carries no information, so no N reaches any t*")
     ts = t_star(N, K, utilization)
     top = upto if upto is not None else max(5, (ts or 1) + 2)
     if not uniform:
@@ -177,9 +187,13 @@ def thresholds(N: int, K: int | Sequence[int] | np.ndarray, utilization: float =
     Ks = np.full(top, int(K), dtype=np.int64) if uniform else np.asarray(K, dtype=np.int64)[:top]
     c = capacity(Ks, utilization)
     out = []
+    prod = 1
     for T in range(2, top + 1):
         need = float(c[T - 2])
-        out.append(Threshold(T, need, 2.0**need, 2.0**need / N, bool(math.log2(N) > need)))
+        prod *= int(Ks[T - 2])
+        # u = 1: log2 N > C(T-1) is the integer test N > prod_{s<T} K_s (exact for any N)
+        reached = N > prod if utilization == 1.0 else math.log2(N) > need
+        out.append(Threshold(T, need, 2.0**need, 2.0**need / N, bool(reached)))
     return out
 
 

@@ -103,7 +103,7 @@ def test_compare_warns_when_a_variable_dump_is_taken_as_constant(tmp_path, cosin
     assert reps[0].warnings == [] and reps[0].label == "with sidecar"
     assert len(reps[1].warnings) == 1 and "largest token grows" in reps[1].warnings[0]
     assert reps[1].K_source.kind == "inferred"
-    assert looks_variable(X) and not looks_variable(np.random.default_rng(0).integers(0, 256, (500, 8)))
+    assert looks_variable([X]) and not looks_variable([np.random.default_rng(0).integers(0, 256, (500, 8))])
     with pytest.raises(EntropyCliffError, match="1 labels for 2"):
         compare_corpora([path, bare], labels=["x"])
 

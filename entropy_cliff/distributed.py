@@ -1,0 +1,395 @@
+"""The Dask engine: exact per-position entropies of a corpus spread over a dask.distributed cluster.
+
+Sums of ``c log2 c`` over prefix groups add across any split of the rows that keeps every group
+whole. Rows are therefore exchanged (Dask's own shuffle: a ``dask.bag`` groupby) by a key of
+their first tokens, and our exact Numba kernel runs on each partition:
+
+1. **Scan** (one task per row block): per-position min/max (value checks) and marginal counts,
+   summed over blocks; K_t is inferred here when it is not given.
+2. **Windows.** Positions are cut into windows whose tokens pack exactly into 64 bits
+   (``b_t = bitlength(K_t - 1)`` bits each; tiny early codebooks put many positions in one key).
+3. **Level j** (window ``[a, e)``; level 1 holds every row): each row's key is
+   ``(p, k)``, ``p`` the id of its heavy group at level j-1 (0 at level 1) and ``k`` its packed
+   window. The global count of keys (exchanged by a hash of the key) gives ``S_l = sum c log2 c``
+   and ``G_l`` exactly for the prefix lengths ``a < l <= e`` (coarser prefixes by shifting k and
+   re-counting). Keys holding more than ``heavy_rows`` rows are *heavy*: their rows go on to
+   level j+1 (the next window), so no partition receives a heavy prefix whole. The row indices of
+   the other non-singleton keys are exchanged by a hash of the key; each partition reads its rows
+   (memory-mapped shards), runs the kernel and keeps ``S_l, G_l`` for ``l > e``; a key of one row
+   adds 1 to ``G_l`` for every ``l > e``.
+4. ``S_l`` and ``G_l`` add over levels and partitions; :func:`entropy_cliff.measure.measurement_from_sums`
+   builds the result, identical to the single-machine engine (groups exactly, entropies to
+   rounding).
+
+Workers read the shards themselves (by path): on a multi-node cluster the dump must sit on a
+filesystem every worker sees.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from entropy_cliff import estimators
+from entropy_cliff import measure as M
+from entropy_cliff.errors import EntropyCliffError
+
+#: Seconds to wait for a scheduler to answer and to have at least one worker.
+CONNECT_TIMEOUT = 10.0
+#: Key tables up to this many keys are reduced on the client (coarser prefixes of a window).
+LOCAL_KEYS = 1 << 22
+
+
+@dataclass(frozen=True)
+class _Corpus:
+    """Shard files by path (workers open them) and the global index of each one's first row."""
+
+    paths: tuple[str, ...]
+    starts: tuple[int, ...]  # len(paths) + 1 entries
+    L: int
+
+    def open(self, i: int) -> np.ndarray:
+        return np.load(self.paths[i], mmap_mode="r")
+
+    def rows(self, g: np.ndarray) -> np.ndarray:
+        """The rows with global indices ``g`` (sorted), as one contiguous array."""
+        s = np.searchsorted(self.starts, g, side="right") - 1
+        out = [np.asarray(self.open(i)[g[s == i] - self.starts[i]]) for i in np.unique(s)]
+        return np.concatenate(out) if len(out) > 1 else out[0]
+
+
+def _corpus(source) -> _Corpus:
+    from entropy_cliff.shards import load_shards, shard_paths
+
+    paths = shard_paths(source) if Path(source).is_dir() else [Path(source)]
+    arrays = load_shards(source) if Path(source).is_dir() else None
+    if arrays is None:
+        from entropy_cliff.io import load_tokens
+        arrays = [load_tokens(source)]
+        if not isinstance(arrays[0], np.memmap):
+            raise EntropyCliffError(f"{source}: the dask engine reads .npy files or shard directories")
+    M._integer_corpus(arrays)  # same checks as the local engine (L, dtype kinds)
+    kept = [str(p) for p in paths if np.load(p, mmap_mode="r").shape[0] > 0]
+    sizes = [a.shape[0] for a in arrays]
+    return _Corpus(tuple(kept), tuple(np.concatenate(([0], np.cumsum(sizes))).tolist()), arrays[0].shape[1])
+
+
+# ----------------------------------------------------------------------------- packed keys
+
+
+def _windows(K: np.ndarray) -> list[tuple[int, int]]:
+    """Cut positions 0..L-1 into windows ``[a, e)`` whose tokens (b_t bits each) fit 64 bits."""
+    bits = [(int(k) - 1).bit_length() for k in K]
+    out, a = [], 0
+    while a < len(bits):
+        e, used = a, 0
+        while e < len(bits) and used + bits[e] <= 64:
+            used += bits[e]
+            e += 1
+        out.append((a, e))
+        a = e
+    return out
+
+
+def _pack(B: np.ndarray, K: np.ndarray, a: int, e: int) -> np.ndarray:
+    """``k = sum_t x_t << (bits of positions t+1..e-1)``: the window's tokens as one exact uint64."""
+    k = np.zeros(B.shape[0], np.uint64)
+    for t in range(a, e):
+        b = (int(K[t]) - 1).bit_length()
+        if b:
+            k = (k << np.uint64(b)) | B[:, t].astype(np.uint64)
+    return k
+
+
+def _shift_to(K: np.ndarray, l: int, e: int) -> np.uint64:
+    """Right shift taking a window key ending at e to its prefix ending at l (l <= e)."""
+    return np.uint64(sum((int(k) - 1).bit_length() for k in K[l:e]))
+
+
+def _bucket(p: np.ndarray, k: np.ndarray, P: int) -> np.ndarray:
+    """Partition of key (p, k): a splitmix64 hash modulo P."""
+    with np.errstate(over="ignore"):
+        z = k ^ (p.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z % np.uint64(P)).astype(np.int64)
+
+
+def _count(p: np.ndarray, k: np.ndarray, c: np.ndarray):
+    """Merge (p, k, c) triples with equal keys, summing c; also returns each input's group index."""
+    if p.size == 0:
+        return p, k, c, np.zeros(0, np.int64)
+    order = np.lexsort((k, p))
+    ps, ks = p[order], k[order]
+    new = np.ones(p.size, bool)
+    new[1:] = (ps[1:] != ps[:-1]) | (ks[1:] != ks[:-1])
+    starts = np.flatnonzero(new)
+    inv = np.empty(p.size, np.int64)
+    inv[order] = np.cumsum(new) - 1
+    return ps[starts], ks[starts], np.add.reduceat(c[order], starts), inv
+
+
+def _split(P: int, p, k, *cols):
+    """Items ``(bucket, (p, k, *cols))`` for the exchange, one per non-empty bucket."""
+    b = _bucket(p, k, P)
+    return [(int(j), (p[b == j], k[b == j], *(c[b == j] for c in cols))) for j in np.unique(b)]
+
+
+def _merge(group):
+    """An exchanged bucket: concatenate the arrays of its items column by column."""
+    _, items = group
+    return tuple(np.concatenate([it[1][i] for it in items]) for i in range(len(items[0][1])))
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+def _scan_task(corpus: _Corpus, block, K):
+    i, r0, r1 = block
+    lo, hi, counts = M._scan([np.asarray(corpus.open(i)[r0:r1])], K, False)
+    return lo, hi, counts
+
+
+def _columns_task(corpus: _Corpus, block):
+    """Per-position (values, counts) of a block: the marginals when dense histograms are too big."""
+    i, r0, r1 = block
+    B = np.asarray(corpus.open(i)[r0:r1])
+    return [np.unique(B[:, t], return_counts=True) for t in range(B.shape[1])]
+
+
+def _combine_columns(a, b):
+    out = []
+    for (va, ca), (vb, cb) in zip(a, b):
+        v, inv = np.unique(np.concatenate([va, vb]), return_inverse=True)
+        c = np.zeros(v.size, np.int64)
+        np.add.at(c, inv, np.concatenate([ca, cb]))
+        out.append((v, c))
+    return out
+
+
+def _combine_scans(a, b):
+    lo = [min(x, y) for x, y in zip(a[0], b[0])]
+    hi = [max(x, y) for x, y in zip(a[1], b[1])]
+    return lo, hi, (None if a[2] is None else a[2] + b[2])
+
+
+def _level_keys(corpus: _Corpus, block, K, wins, heavy, j):
+    """Global row indices and level-j keys (p, k) of the block's rows that reach level j."""
+    i, r0, r1 = block
+    B = np.asarray(corpus.open(i)[r0:r1])
+    g = corpus.starts[i] + np.arange(r0, r1, dtype=np.int64)
+    p = np.zeros(B.shape[0], np.int64)
+    for lvl in range(j):
+        a, e = wins[lvl]
+        k = _pack(B, K, a, e)
+        if lvl == j - 1:
+            return g, p, k
+        up, uk, _, inv = _count(p, k, np.zeros(p.size, np.int64))
+        ids = np.array([heavy[lvl].get((int(x), int(y)), -1) for x, y in zip(up.tolist(), uk.tolist())],
+                       dtype=np.int64)[inv]
+        keep = ids >= 0
+        B, g, p = B[keep], g[keep], ids[keep]
+    raise AssertionError("unreachable")
+
+
+def _count_items(block, corpus, K, wins, heavy, j, P):
+    _, p, k = _level_keys(corpus, block, K, wins, heavy, j)
+    up, uk, uc, _ = _count(p, k, np.ones(p.size, np.int64))
+    return _split(P, up, uk, uc)
+
+
+def _coarser_items(table, shift, P):
+    p, k, c = table
+    up, uk, uc, _ = _count(p, k >> shift, c)
+    return _split(P, up, uk, uc)
+
+
+def _table_stats(table, heavy_rows):
+    """``sum c log2 c``, group count, singletons and heavy keys of one merged bucket table."""
+    p, k, c = table
+    up, uk, uc, _ = _count(p, k, c)
+    big = uc > heavy_rows
+    return (float(estimators.xlog2x(uc).sum()), int(uc.size), int((uc == 1).sum()),
+            list(zip(up[big].tolist(), uk[big].tolist())), int(uc[big].sum()))
+
+
+def _row_items(block, corpus, K, wins, heavy, j, P):
+    g, p, k = _level_keys(corpus, block, K, wins, heavy, j)
+    if heavy[j - 1]:
+        up, uk, _, inv = _count(p, k, np.zeros(p.size, np.int64))
+        hv = np.array([(x, y) in heavy[j - 1] for x, y in zip(up.tolist(), uk.tolist())], bool)[inv]
+        g, p, k = g[~hv], p[~hv], k[~hv]
+    return _split(P, p, k, g)
+
+
+def _kernel_task(corpus: _Corpus, bucket, e, small_group):
+    """``S_l``, ``G_l`` for ``l > e`` over a bucket's non-singleton keys (rows read by index)."""
+    p, k, g = bucket
+    _, _, c, inv = _count(p, k, np.ones(p.size, np.int64))
+    g = np.sort(g[c[inv] > 1])
+    L = corpus.L
+    if g.size == 0:
+        return np.zeros(L - e), np.zeros(L - e, np.int64), 0
+    S, G, _ = M._prefix_sums(M._integer_corpus(corpus.rows(g)), None, small_group, False)
+    return S[e + 1 :], G[e + 1 :], int(g.size)
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+def _client(scheduler: str | None, workers: int | None, timeout: float):
+    """A Client on ``scheduler`` (waiting up to ``timeout`` s for a worker) or on a new LocalCluster."""
+    from distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        try:
+            client = Client(scheduler, timeout=timeout)
+        except (OSError, TimeoutError, ValueError) as e:
+            raise EntropyCliffError(f"cannot reach the dask scheduler at {scheduler} ({e})") from None
+        try:
+            client.wait_for_workers(1, timeout=timeout)
+        except TimeoutError:
+            client.close()
+            raise EntropyCliffError(f"the dask scheduler at {scheduler} has no workers (waited {timeout:g} s)") from None
+        return client, None
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                           processes=True)
+    return Client(cluster), cluster
+
+
+def measure_distributed(
+    source: str | os.PathLike,
+    K=None,
+    *,
+    client=None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    partitions: int | None = None,
+    block_rows: int | None = None,
+    heavy_rows: int | None = None,
+    small_group: int = M.SMALL_GROUP,
+    local_keys: int = LOCAL_KEYS,
+    connect_timeout: float | None = None,
+) -> M.Measurement:
+    """Measure a token dump (``.npy`` file or shard directory) on a dask.distributed cluster.
+
+    The result equals :func:`entropy_cliff.measure.measure` on the same corpus (``groups``
+    exactly, entropies to rounding) and carries ``engine = {"name": "dask", "workers", "scheduler",
+    "partitions", "blocks", "levels", "heavy_groups", "rows_in_kernels"}`` (levels: windows
+    visited; rows_in_kernels: rows read by the partition kernels, the non-singleton keys). The cluster is ``client``
+    (a ``distributed.Client``), or the scheduler at ``scheduler`` (an error after
+    ``connect_timeout`` s, default :data:`CONNECT_TIMEOUT`, without a worker), or a new LocalCluster of ``workers`` processes.
+    ``partitions`` (default 4 per worker), ``block_rows`` (default: 64 MiB blocks) and
+    ``heavy_rows`` (default: a quarter of a partition's fair share, at least 65536) tune the work,
+    never the result; so does ``local_keys``: a window's key table with at most that many keys
+    is brought to this machine for its coarser prefixes instead of one exchange per position.
+    Bootstrap intervals are not available on this engine.
+    """
+    corpus = _corpus(source)
+    N, L = corpus.starts[-1], corpus.L
+    K = M._codebook_sizes(K, L)
+    own = client is None
+    cluster = None
+    if own:
+        if scheduler is None and not workers:
+            raise EntropyCliffError("the dask engine needs a scheduler address or a number of workers")
+        client, cluster = _client(scheduler, workers, CONNECT_TIMEOUT if connect_timeout is None else connect_timeout)
+    try:
+        n_workers = len(client.scheduler_info()["workers"])
+        P = partitions or max(1, 4 * n_workers)
+        item = np.load(corpus.paths[0], mmap_mode="r").dtype.itemsize
+        step = block_rows or max(1, (1 << 26) // (L * item))
+        blocks = [(i, r0, min(r0 + step, corpus.starts[i + 1] - corpus.starts[i]))
+                  for i in range(len(corpus.paths)) for r0 in range(0, corpus.starts[i + 1] - corpus.starts[i], step)]
+        cap = heavy_rows or max(1 << 16, N // (4 * P))
+        engine = {"name": "dask", "workers": n_workers, "scheduler": client.scheduler_info()["address"], "partitions": P,
+                  "blocks": len(blocks)}
+        m = _run(client, corpus, blocks, K, P, cap, small_group, local_keys, engine)
+    finally:
+        if own:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    return m
+
+
+def _reduce(client, futures, combine):
+    """Pairwise tree reduction of futures on the cluster."""
+    while len(futures) > 1:
+        nxt = [client.submit(combine, a, b, pure=False) for a, b in zip(futures[::2], futures[1::2])]
+        futures = nxt + ([futures[-1]] if len(futures) % 2 else [])
+    return futures[0].result()
+
+
+def _run(client, corpus, blocks, K, P, cap, small_group, local_keys, engine) -> M.Measurement:
+    import dask.bag as db
+
+    N, L = corpus.starts[-1], corpus.L
+    dense = K is not None and M._dense_histograms(K)
+    lo, hi, counts = _reduce(client, client.map(_scan_task, [corpus] * len(blocks), blocks, K=K if dense else None,
+                                                pure=False), _combine_scans)
+    M._check_values(lo, hi, K)
+    K_inferred = K is None
+    if K_inferred:
+        K = M._inferred_codebook(hi, L)
+        dense = M._dense_histograms(K)
+        if dense:
+            counts = _reduce(client, client.map(_scan_task, [corpus] * len(blocks), blocks, K=K, pure=False),
+                             _combine_scans)[2]
+    if dense:
+        H_marginal = M._marginal_from_counts(N, K, counts)
+    else:
+        cols = _reduce(client, client.map(_columns_task, [corpus] * len(blocks), blocks, pure=False), _combine_columns)
+        H_marginal = np.array([estimators.plugin_entropy(c) for _, c in cols])
+
+    wins = _windows(K)
+    S = np.zeros(L + 1)
+    G = np.zeros(L + 1, np.int64)
+    S[0], G[0] = (N * math.log2(N), 1)
+    heavy: list[dict] = []
+    src = db.from_sequence(blocks, npartitions=len(blocks))
+    in_kernels = n_heavy = 0
+    for j, (a, e) in enumerate(wins, start=1):
+        def exchange(bag):
+            return bag.groupby(lambda it: it[0], npartitions=P, shuffle="tasks").map(_merge)
+
+        tables = client.persist(exchange(src.map(_count_items, corpus=corpus, K=K, wins=wins, heavy=heavy, j=j,
+                                                 P=P).flatten()))
+        stats = client.compute(tables.map(_table_stats, heavy_rows=cap)).result()
+        S[e] += sum(s[0] for s in stats)
+        G[e] += sum(s[1] for s in stats)
+        singles = sum(s[2] for s in stats)
+        hv = [key for s in stats for key in s[3]]
+        small = sum(s[1] for s in stats) <= local_keys
+        if small and e - 1 > a:  # a small key table: the coarser prefixes on this machine
+            p, k, c = (np.concatenate(x) for x in zip(*client.compute(tables).result()))
+        for l in range(e - 1, a, -1):  # coarser prefixes inside the window
+            if small:
+                p, k, c, _ = _count(p, k >> _shift_to(K, l, l + 1), c)
+                S[l] += float(estimators.xlog2x(c).sum())
+                G[l] += c.size
+                continue
+            tables = client.persist(exchange(tables.map(_coarser_items, shift=_shift_to(K, l, l + 1), P=P).flatten()))
+            st = client.compute(tables.map(_table_stats, heavy_rows=cap)).result()
+            S[l] += sum(s[0] for s in st)
+            G[l] += sum(s[1] for s in st)
+        if e == L:
+            break
+        heavy.append({key: i for i, key in enumerate(hv)})
+        n_heavy += len(hv)
+        G[e + 1 :] += singles
+        rows = exchange(src.map(_row_items, corpus=corpus, K=K, wins=wins, heavy=heavy, j=j, P=P).flatten())
+        for S_k, G_k, n in client.compute(rows.map(lambda b: _kernel_task(corpus, b, e, small_group))).result():
+            S[e + 1 :] += S_k
+            G[e + 1 :] += G_k
+            in_kernels += n
+        if not hv:
+            break
+    M._exact_where_known(S, G, N)
+    engine |= {"levels": j, "heavy_groups": n_heavy, "rows_in_kernels": in_kernels}
+    return replace(M.measurement_from_sums(N, K, K_inferred, S, G, H_marginal), engine=engine)

@@ -1,0 +1,119 @@
+"""The Dask engine against the single-machine kernel, on an in-process LocalCluster."""
+
+import json
+
+import numpy as np
+import pytest
+
+from entropy_cliff import measure as M
+from entropy_cliff.cli import main
+from entropy_cliff.errors import EntropyCliffError
+
+distributed = pytest.importorskip("distributed")
+from entropy_cliff.distributed import _windows, measure_distributed  # noqa: E402
+
+FIELDS = ("H_prefix", "H_cond", "H_cond_mm", "H_marginal", "utilization")
+
+
+@pytest.fixture(scope="module")
+def client():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address="127.0.0.1:0") as cluster, distributed.Client(cluster) as c:
+        yield c
+
+
+def assert_same(a, b):
+    assert a.N == b.N and a.L == b.L and a.K_inferred == b.K_inferred
+    np.testing.assert_array_equal(a.K, b.K)
+    np.testing.assert_array_equal(a.groups, b.groups)
+    for f in FIELDS:
+        np.testing.assert_allclose(getattr(a, f), getattr(b, f), rtol=0, atol=1e-9, equal_nan=True)
+
+
+def sharded(tmp_path, X, cuts):
+    d = tmp_path / "dump"
+    d.mkdir()
+    for i, part in enumerate(np.split(X, cuts)):
+        np.save(d / f"shard-{i:05d}.npy", part)
+        np.save(d / f"shard-{i:05d}.labels.npy", np.zeros(part.shape[0], np.uint8))
+    return d
+
+
+def hard_corpus(rng, n=2400, L=10, alphabet=4, dtype=np.uint8):
+    """Duplicates across shards, a heavy full-row duplicate, a heavy prefix, random rest."""
+    X = rng.integers(0, alphabet, (n, L)).astype(dtype)
+    X[: n // 4] = X[n // 2]  # a quarter of the rows: one row, spread over every shard
+    X[n // 4 : n // 2, : L // 2] = X[n - 1, : L // 2]  # another quarter shares a half-length prefix
+    return X[rng.permutation(n)]
+
+
+@pytest.mark.parametrize(("K", "kw"), [
+    (None, {}),  # K inferred, one window (2 bits x 10 positions)
+    ("huge", {"heavy_rows": 40}),  # one position per window: 10 levels of heavy prefixes, kernels run
+    ("uint16", {"heavy_rows": 100, "block_rows": 700, "partitions": 3}),  # 4 positions a window
+    ("tiny", {"local_keys": 0, "partitions": 2}),  # tiny early codebooks: 10 positions in one key,
+    # an exchange for every prefix length
+])
+def test_dask_engine_equals_local_kernel(tmp_path, client, K, kw):
+    rng = np.random.default_rng(7)
+    if K == "uint16":
+        X = hard_corpus(rng, L=12, alphabet=16384, dtype=np.uint16)
+        K = [16384] * 12
+    elif K == "tiny":
+        K = [2, 2, 3, 4, 8, 16, 64, 256, 1024, 4096]
+        X = (hard_corpus(rng, alphabet=2**16, dtype=np.int32) % np.array(K)).astype(np.int32)
+    elif K == "huge":
+        X = hard_corpus(rng)
+        K = [2**50] * X.shape[1]
+    else:
+        X = hard_corpus(rng)
+    d = sharded(tmp_path, X, [500, 501, 1700])
+    m = measure_distributed(d, K, client=client, **kw)
+    assert_same(m, M.measure(X, K))
+    e = m.engine
+    assert e["name"] == "dask" and e["workers"] == 2 and e["blocks"] >= 3
+    if "heavy_rows" in kw:  # heavy keys went on to longer prefixes
+        assert e["heavy_groups"] > 0 and e["levels"] > 1
+    if kw.get("heavy_rows") == 40:
+        assert e["levels"] == 10 and e["rows_in_kernels"] > 0
+
+
+def test_windows_pack_exactly_64_bits():
+    assert _windows(np.array([16384] * 10)) == [(0, 4), (4, 8), (8, 10)]
+    assert _windows(np.array([2] * 70)) == [(0, 64), (64, 70)]
+    assert _windows(np.array([1, 2**62, 4, 2**62])) == [(0, 3), (3, 4)]
+
+
+def test_value_errors_match_the_local_engine(tmp_path, client):
+    X = np.array([[0, 1], [1, 5], [2, 2]], np.int16)
+    with pytest.raises(EntropyCliffError, match="position 2: token 5 >= K_t = 3"):
+        measure_distributed(sharded(tmp_path, X, [1]), [3, 3], client=client)
+
+
+def test_scheduler_without_workers_is_an_error_after_a_bounded_wait(tmp_path):
+    X = np.zeros((4, 2), np.uint8)
+    d = sharded(tmp_path, X, [2])
+    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address="127.0.0.1:0") as empty:
+        with pytest.raises(EntropyCliffError, match="has no workers \\(waited 0.5 s\\)"):
+            measure_distributed(d, scheduler=empty.scheduler_address, connect_timeout=0.5)
+    with pytest.raises(EntropyCliffError, match="cannot reach the dask scheduler"):
+        measure_distributed(d, scheduler="tcp://127.0.0.1:9", connect_timeout=0.5)
+
+
+def test_cli_scheduler_without_workers_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    import entropy_cliff.distributed as D
+
+    monkeypatch.setattr(D, "CONNECT_TIMEOUT", 0.5)
+    d = sharded(tmp_path, np.zeros((4, 2), np.uint8), [2])
+    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address="127.0.0.1:0") as empty:
+        with pytest.raises(SystemExit) as e:
+            main(["measure", str(d), "--scheduler", empty.scheduler_address])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "no workers" in err
+
+
+def test_local_engine_reports_itself_in_json(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.arange(12, dtype=np.uint8).reshape(4, 3))
+    with pytest.raises(SystemExit):
+        main(["measure", str(tmp_path / "x.npy"), "--format", "json"])
+    assert json.loads(capsys.readouterr().out)["engine"]["name"] == "local"
