@@ -36,6 +36,7 @@ import numpy as np
 
 from entropy_cliff import estimators
 from entropy_cliff.errors import EntropyCliffError
+from entropy_cliff.population import PopulationEstimate, population_entropy
 
 #: Groups with at most this many rows are finished on contiguous rows instead of column by column.
 SMALL_GROUP = 16
@@ -53,8 +54,9 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 class Measurement:
     """Per-position entropies of a corpus; arrays have one entry per position t = 1..L (bits).
 
-    ``utilization`` is NaN where ``K_t = 1`` (``log2 K_t = 0``). ``ci`` / ``ci_prefix`` are the
-    basic bootstrap intervals (columns: lower, upper) of ``H_cond`` / ``H_prefix``, or None.
+    ``utilization`` is NaN where ``K_t = 1`` (``log2 K_t = 0``). ``population`` (with bootstrap) is
+    the population estimate of H_t and its intervals, :class:`entropy_cliff.population.PopulationEstimate`;
+    the plug-in columns describe the corpus itself exactly and carry no interval.
     """
 
     N: int
@@ -67,8 +69,12 @@ class Measurement:
     groups: np.ndarray
     H_marginal: np.ndarray
     utilization: np.ndarray
-    ci: np.ndarray | None
-    ci_prefix: np.ndarray | None = None
+    population: PopulationEstimate | None = None
+
+    @property
+    def ci(self) -> np.ndarray | None:
+        """Population intervals of H_t, (L, 2) with NaN rows where not identifiable, or None."""
+        return None if self.population is None else self.population.ci
 
     @property
     def log2_N(self) -> float:
@@ -607,10 +613,9 @@ def measure(
 
     ``K`` gives the codebook size per position (length L); when None it is inferred as the global
     maximum token + 1. Raises :class:`EntropyCliffError` for a negative token or a token >= K_t.
-    ``bootstrap = B > 0`` resamples rows B times (multinomial row weights, ``seed``) and adds
-    basic bootstrap intervals at level ``confidence`` for H_cond (``ci``) and H_prefix
-    (``ci_prefix``); see :func:`entropy_cliff.estimators.basic_interval` for why not percentile
-    intervals (resampled plug-in entropies are biased low near the cliff).
+    ``bootstrap = B > 0`` adds the population estimate of H_t and intervals at level ``confidence``
+    from B row resamples (``seed``), NaN where the sample cannot identify them
+    (:func:`entropy_cliff.population.population_entropy`).
     ``small_group`` tunes the kernel (see :func:`prefix_entropy`) and never changes the result.
     """
     X = _integer_corpus(X)
@@ -645,20 +650,10 @@ def measure(
     H_cond_mm = np.diff(estimators.miller_madow(H_prefix, groups, N), prepend=0.0)
     H_marginal = _marginal_entropy(X, K, counts)
     utilization = np.where(K > 1, H_marginal / np.log2(np.maximum(K, 2)), np.nan)
-    ci = ci_prefix = None
+    population = None
     if bootstrap:
-        rng = np.random.default_rng(seed)
-        reps = np.empty((bootstrap, L))
-        bar = _bar(show, bootstrap, "bootstrap", "resample")
-        for b in range(bootstrap):
-            S_b, _, W = _prefix_sums(X, estimators.bootstrap_weights(rng, N), small_group, False)
-            reps[b] = math.log2(W) - S_b[1:] / W
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
-        ci_prefix = estimators.basic_interval(H_prefix, reps, confidence)
-        ci = estimators.basic_interval(H_cond, np.diff(reps, axis=1, prepend=0.0), confidence)
+        population = population_entropy(X, H_cond, groups, K, bootstrap=bootstrap, confidence=confidence,
+                                        rng=np.random.default_rng(seed))
     return Measurement(N=N, L=L, K=K, K_inferred=K_inferred, H_prefix=H_prefix, H_cond=H_cond,
                        H_cond_mm=H_cond_mm, groups=groups, H_marginal=H_marginal,
-                       utilization=utilization, ci=ci, ci_prefix=ci_prefix)
+                       utilization=utilization, population=population)
