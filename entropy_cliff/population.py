@@ -9,21 +9,22 @@ counts and differenced. With ``c_g`` the multiplicity of length-t prefix g and
     G(c) = psi(c) + (1/2) (-1)^c [psi((c+1)/2) - psi(c/2)]          (psi: digamma)
     A_t  = sum_{g: length-t prefix} c_g G(c_g),   A_0 = N G(N)
 
-the estimate is ``H_t^pop = (A_{t-1} - A_t) / (N ln 2)`` bits. Per prefix group g of length t-1
+the estimate is ``H_t^pop = (A_{t-1} - A_t) / (N ln 2)`` bits, clipped to ``[0, log2 K_t]``. Per prefix group g of length t-1
 with ``n_g`` rows it is ``sum_g (n_g / N) [G(n_g) - (1/n_g) sum_children c G(c)]``: a per-group
 entropy estimate weighted by ``n_g / N``, which is unbiased for the group's population mass, so
 groups never seen need no extrapolation; only groups with few rows are biased.
 
-**Interval** (``--bootstrap B``): a basic (pivotal) bootstrap interval whose pivot is centred on
-the bootstrap world's true value, the sample's plug-in ``H_t``:
+**Interval** (``--bootstrap B``): a bias-corrected normal bootstrap interval. In the bootstrap
+world the true value is the sample's plug-in ``H_t``, so ``mean* - H_plug`` estimates the
+estimator's remaining bias and ``sd*`` its spread (``mean*``, ``sd*``: over B row resamples):
 
-    [H_pop - (q_hi - H_plug),  H_pop - (q_lo - H_plug) + s_t log2 K_t]
+    [c - z sd*,  c + z sd* + s_t log2 K_t],   c = H_pop - (mean* - H_plug),  z = Phi^-1((1 + level) / 2)
 
-``q_lo, q_hi``: the ``(1 -+ c) / 2`` quantiles of ``H_pop`` over B row resamples. ``s_t = f1_t / N``
-is the fraction of rows whose length-t prefix occurs once (1 - Good–Turing coverage): the
-resampled world has no unseen prefixes, so the bootstrap cannot see the entropy hidden in them,
-and the upper end is raised by that mass times the largest entropy a token can carry. The
-interval is clipped to ``[0, log2 K_t]``.
+``s_t = f1_t / N`` is the fraction of rows whose length-t prefix occurs once (1 - Good–Turing
+coverage): a resample of the sample has no unseen prefixes, so the bootstrap cannot see the
+entropy hidden in them, and the upper end is raised by that mass times the largest entropy a token
+can carry. The interval is clipped to ``[0, log2 K_t]``. (Quantile intervals need B in the
+hundreds to reach their level; with B = 40 they covered about 89 % in the simulations.)
 
 **Not identifiable**: where ``s_t > MAX_SINGLETON_MASS`` (most of the information about the next
 token would have to come from prefixes seen once), neither the estimate nor the interval is
@@ -38,6 +39,7 @@ bootstrap replicate) and ``f1_t = sum_g [c_g = 1]``.
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from dataclasses import dataclass
 
 import numba as nb
@@ -165,7 +167,8 @@ def population_entropy(
     A, f1 = _level_sums(p, np.ones(N, np.int64), T, g)
     s = np.ones(L)
     s[:T] = f1[1:] / N
-    H_pop = _conditional(A, N, L)
+    log2_K = np.log2(np.asarray(K, dtype=np.float64))
+    H_pop = np.clip(_conditional(A, N, L), 0.0, log2_K)
     sparse = s > max_singleton_mass
     H_pop[sparse] = np.nan
     ci = None
@@ -177,10 +180,11 @@ def population_entropy(
             w = estimators.bootstrap_weights(rng, N)[order]
             A_b, _ = _level_sums(p, w, T, g)
             reps[b] = _conditional(A_b, N, L)
-        lo, hi = np.quantile(reps, [(1 - confidence) / 2, (1 + confidence) / 2], axis=0)
-        log2_K = np.log2(np.asarray(K, dtype=np.float64))
-        low = np.clip(H_pop - (hi - H_cond), 0.0, log2_K)
-        high = np.clip(H_pop - (lo - H_cond) + s * log2_K, 0.0, log2_K)
+        z = NormalDist().inv_cdf((1 + confidence) / 2)
+        centre = H_pop - (reps.mean(axis=0) - H_cond)
+        half = z * reps.std(axis=0, ddof=1) if bootstrap > 1 else np.full(L, np.inf)
+        low = np.clip(centre - half, 0.0, log2_K)
+        high = np.clip(centre + half + s * log2_K, 0.0, log2_K)
         ci = np.stack([low, high], axis=-1)
     reason = tuple(SPARSE if sp else (OK if bootstrap else NO_BOOTSTRAP) for sp in sparse)
     return PopulationEstimate(H_cond_pop=H_pop, ci=ci, singleton_mass=s, reason=reason,
