@@ -342,6 +342,7 @@ def _load_measurement(path: Path, key: str | None, sched_flags: dict[str, Any], 
 
 
 def _measure_report(run: dict[str, Any], delta: float, epsilon: float) -> dict[str, Any]:
+    from entropy_cliff import population  # loaded with the measure kernels already
     m = run["measurement"]
     bnd = theory.bound(m.N, m.K)
     rem = theory.remaining_budget(m.N, m.K)
@@ -351,14 +352,15 @@ def _measure_report(run: dict[str, Any], delta: float, epsilon: float) -> dict[s
              "H_prefix": float(m.H_prefix[i]), "H_marginal": float(m.H_marginal[i]),
              "utilization": float(m.utilization[i]), "groups": int(m.groups[i]),
              "remaining_budget": float(rem[i]), "bound": float(bnd[i])}
-        if m.ci is not None:
-            p["H_cond_ci_low"], p["H_cond_ci_high"] = float(m.ci[i, 0]), float(m.ci[i, 1])
+        if m.population is not None:
+            p |= population.position_fields(m.population, i)
         positions.append(p)
+    extra = {} if m.population is None else {"population": population.summary(m.population)}
     return {"file": str(run["path"]), "N": m.N, "L": m.L, "log2_N": m.log2_N,
             "t_star_theory": theory.t_star(m.N, m.K), "t_star_budget": m.t_star_budget(delta),
             "t_star_threshold": m.t_star_threshold(epsilon), "t_star_sustained": m.t_star_sustained(epsilon),
             "delta": delta, "epsilon": epsilon,
-            "K_source": run["K_source"], "positions": positions}
+            "K_source": run["K_source"], **extra, "positions": positions}
 
 
 def _measure_text(rep: dict[str, Any]) -> str:
@@ -369,10 +371,17 @@ def _measure_text(rep: dict[str, Any]) -> str:
     cols = {"t": "t", "K": "K_t", "H_cond": "H_t", "H_cond_mm": "H_t MM", "H_prefix": "H(X<=t)",
             "remaining_budget": "log2N-C(t-1)", "bound": "bound", "H_marginal": "H(X_t)",
             "utilization": "util", "groups": "prefixes"}
-    if "H_cond_ci_low" in pos[0]:
-        cols |= {"H_cond_ci_low": "CI lo", "H_cond_ci_high": "CI hi"}
+    notes = []
+    if "H_cond_pop" in pos[0]:
+        cols |= {"H_cond_pop": "H_t pop", "H_cond_ci_low": "CI lo", "H_cond_ci_high": "CI hi", "pop_flag": ""}
+        from entropy_cliff import population
+        shown = [dict(p, pop_flag=population.FLAGS[p["pop_status"]],
+                      **{k: None for k in ("H_cond_pop", "H_cond_ci_low", "H_cond_ci_high") if math.isnan(p[k])})
+                 for p in shown]
+        notes = population.footnotes(rep["population"], [p["pop_status"] for p in shown])
     tail = (f"(every length-{last} prefix is distinct: H_t = 0 for all t > {last})"
             if last is not None and len(shown) < len(pos) else "")
+    tail = "\n".join([tail, *notes]).strip()
     return "\n".join([
         f"{rep['file']}: N = {N:,} sequences x L = {rep['L']} positions, log2 N = {rep['log2_N']:.2f} bits",
         f"K_t: {rep['K_source']}",
@@ -388,7 +397,8 @@ def _entropy_curve(rep: dict[str, Any], run: dict[str, Any], label: str):
     m = run["measurement"]
     return EntropyCurve(label=label, H_cond=m.H_cond, remaining=theory.remaining_budget(m.N, m.K),
                         log2_K=np.log2(m.K.astype(float)), t_star_theory=rep["t_star_theory"],
-                        t_star_empirical=rep["t_star_sustained"], ci=m.ci)
+                        t_star_empirical=rep["t_star_sustained"], ci=m.ci,
+                        H_pop=None if m.population is None else m.population.H_cond_pop)
 
 
 def _label(run: dict[str, Any]) -> str:
@@ -403,7 +413,7 @@ def measure_options(f):
     f = click.option("--confidence", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.95,
                      show_default=True, help="bootstrap interval level.")(f)
     f = click.option("--bootstrap", type=click.IntRange(min=0), default=0, show_default=True,
-                     help="B bootstrap resamples of the rows: basic (bias-corrected) intervals for H_t.")(f)
+                     help="B bootstrap resamples of the rows: population estimate of H_t with intervals (null where not identifiable).")(f)
     f = click.option("--epsilon", type=click.FloatRange(min=0), default=0.5, show_default=True,
                      help="empirical t*: first t with H_t < epsilon bits (threshold), and first t after which every H_s < epsilon (sustained).")(f)
     f = click.option("--delta", type=click.FloatRange(min=0), default=0.5, show_default=True,

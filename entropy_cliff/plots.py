@@ -2,7 +2,9 @@
 
 :func:`entropy_figure` is the paper's Fig. 2a: per-position conditional entropy H_t (solid) and the
 remaining information budget R(t) = log2 N - C(t-1) (dashed) for one or more corpora, with the
-theoretical t* marked.
+theoretical t* marked. With a population estimate (``measure --bootstrap``) it adds that estimate
+and its interval band beside the exact plug-in curve, and hatches the positions where the sample
+cannot identify it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class EntropyCurve:
     t_star_theory: int | None = None
     t_star_empirical: int | None = None
     ci: np.ndarray | None = None
+    H_pop: np.ndarray | None = None
 
 
 def _positions_axis(ax, L: int) -> None:
@@ -37,6 +40,18 @@ def _positions_axis(ax, L: int) -> None:
         ax.set_xscale("log", base=2)
     ax.set_xlim(1, max(L, 2))
     ax.set_xlabel("position t")
+
+
+def _population(ax, t: np.ndarray, c: EntropyCurve, color) -> None:
+    """The population estimate (dash-dot) with its interval band, and a hatched span over the
+    positions where it is not identifiable (NaN)."""
+    ax.plot(t, c.H_pop, color=color, lw=1.3, ls="-.", label=f"{c.label}: population H_t estimate")
+    if c.ci is not None:
+        ax.fill_between(t, c.ci[:, 0], c.ci[:, 1], color=color, alpha=0.2, lw=0)
+    gone = np.flatnonzero(np.isnan(c.H_pop))
+    if gone.size:
+        ax.axvspan(t[gone[0]] - 0.5, t[-1] + 0.5, color=color, alpha=0.07, hatch="//", lw=0,
+                   label=f"{c.label}: population not identifiable (t >= {t[gone[0]]})")
 
 
 def entropy_figure(curves: Sequence[EntropyCurve], title: str | None = None) -> Figure:
@@ -48,8 +63,8 @@ def entropy_figure(curves: Sequence[EntropyCurve], title: str | None = None) -> 
     for c, color in zip(curves, colors):
         t = np.arange(1, len(c.H_cond) + 1)
         ax.plot(t, c.H_cond, color=color, lw=2, label=f"{c.label}: H(X_t | X_<t)")
-        if c.ci is not None:
-            ax.fill_between(t, c.ci[:, 0], c.ci[:, 1], color=color, alpha=0.2, lw=0)
+        if c.H_pop is not None:
+            _population(ax, t, c, color)
         ax.plot(t, c.remaining, color=color, lw=1.3, ls="--", label=f"{c.label}: log2 N - C(t-1)")
         if c.t_star_theory is not None:
             ax.axvline(c.t_star_theory, color=color, lw=0.8, ls=":")

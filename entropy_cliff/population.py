@@ -39,7 +39,6 @@ bootstrap replicate) and ``f1_t = sum_g [c_g = 1]``.
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
 from dataclasses import dataclass
 
 import numba as nb
@@ -70,6 +69,8 @@ class PopulationEstimate:
     singleton_mass: np.ndarray
     reason: tuple[str, ...]
     max_singleton_mass: float
+    bootstrap: int = 0
+    confidence: float = 0.95
 
     def note(self, i: int) -> str | None:
         """A sentence for position ``i`` (0-based) saying why nothing is reported, or None."""
@@ -180,6 +181,8 @@ def population_entropy(
             w = estimators.bootstrap_weights(rng, N)[order]
             A_b, _ = _level_sums(p, w, T, g)
             reps[b] = _conditional(A_b, N, L)
+        from statistics import NormalDist  # stdlib, but not free at start-up
+
         z = NormalDist().inv_cdf((1 + confidence) / 2)
         centre = H_pop - (reps.mean(axis=0) - H_cond)
         half = z * reps.std(axis=0, ddof=1) if bootstrap > 1 else np.full(L, np.inf)
@@ -188,4 +191,35 @@ def population_entropy(
         ci = np.stack([low, high], axis=-1)
     reason = tuple(SPARSE if sp else (OK if bootstrap else NO_BOOTSTRAP) for sp in sparse)
     return PopulationEstimate(H_cond_pop=H_pop, ci=ci, singleton_mass=s, reason=reason,
-                              max_singleton_mass=max_singleton_mass)
+                              max_singleton_mass=max_singleton_mass, bootstrap=bootstrap, confidence=confidence)
+
+
+# ----------------------------------------------------------------------------- report fields
+
+#: Table marker per reason code.
+FLAGS = {OK: "", NO_BOOTSTRAP: "", SPARSE: "†"}
+
+
+def position_fields(est: PopulationEstimate, i: int) -> dict:
+    """Report columns for position ``i`` (0-based); NaN (not reported) stays NaN (null in JSON)."""
+    ci = est.ci[i] if est.ci is not None else (math.nan, math.nan)
+    return {"H_cond_pop": float(est.H_cond_pop[i]), "H_cond_ci_low": float(ci[0]), "H_cond_ci_high": float(ci[1]),
+            "singleton_mass": float(est.singleton_mass[i]), "pop_status": est.reason[i]}
+
+
+def summary(est: PopulationEstimate) -> dict:
+    """What the population columns are (a report's top-level ``population`` object)."""
+    return {"estimator": "Grassberger (2003), differenced over prefix lengths",
+            "interval": "bias-corrected normal bootstrap, upper end + singleton_mass * log2 K_t",
+            "bootstrap": est.bootstrap, "confidence": est.confidence,
+            "max_singleton_mass": est.max_singleton_mass}
+
+
+def footnotes(summ: dict, statuses: list[str]) -> list[str]:
+    """Table footnotes explaining the markers that occur in ``statuses``."""
+    notes = [f"H_t pop, CI: population estimate and {100 * summ['confidence']:g}% interval "
+             f"(B = {summ['bootstrap']}); H_t, H_t MM describe this corpus exactly"]
+    if SPARSE in statuses:
+        notes.append(f"{FLAGS[SPARSE]} population H_t not identifiable: more than "
+                     f"{100 * summ['max_singleton_mass']:g}% of rows have a length-t prefix seen once")
+    return notes
