@@ -130,11 +130,11 @@ def _level_sums(p, w, T, g):
     return A, f1
 
 
-def _conditional(A: np.ndarray, N: int, L: int) -> np.ndarray:
-    """``(A_{t-1} - A_t) / (N ln 2)`` for t = 1..L; beyond the sorted columns every prefix is
-    already distinct (A constant), so H = 0 there."""
+def _conditional(A: np.ndarray, W: int, L: int) -> np.ndarray:
+    """``(A_{t-1} - A_t) / (W ln 2)`` for t = 1..L (``W``: total row weight); beyond the sorted
+    columns every prefix is already distinct (A constant), so H = 0 there."""
     h = np.zeros(L)
-    d = -np.diff(A) / (N * math.log(2))
+    d = -np.diff(A) / (W * math.log(2))
     h[: d.size] = d
     return h
 
@@ -180,7 +180,7 @@ def population_entropy(
         for b in range(bootstrap):
             w = estimators.bootstrap_weights(rng, N)[order]
             A_b, _ = _level_sums(p, w, T, g)
-            reps[b] = _conditional(A_b, N, L)
+            reps[b] = _conditional(A_b, int(w.sum()), L)
         from statistics import NormalDist  # stdlib, but not free at start-up
 
         z = NormalDist().inv_cdf((1 + confidence) / 2)
