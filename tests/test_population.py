@@ -93,3 +93,15 @@ def test_intervals_cover_the_true_entropy_where_reported(source, N):
     assert np.all(r.reported[r.well_sampled > 0] == 1.0)  # well-sampled: reported in every corpus
     assert reported.sum() >= 3
     assert not reported.all()  # each source's tail is beyond what N rows identify
+
+
+def test_figure_draws_population_band_and_marks_unidentifiable_positions():
+    from entropy_cliff.plots import EntropyCurve, entropy_figure
+
+    X = np.random.default_rng(1).integers(0, 4, size=(300, 6))
+    m = measure(X, np.full(6, 4), bootstrap=10)
+    first = int(np.flatnonzero(np.isnan(m.population.H_cond_pop))[0]) + 1
+    curve = EntropyCurve("c", m.H_cond, np.zeros(6), np.full(6, 2.0), ci=m.ci, H_pop=m.population.H_cond_pop)
+    labels = entropy_figure([curve]).axes[0].get_legend_handles_labels()[1]
+    assert "c: population H_t estimate" in labels
+    assert f"c: population not identifiable (t >= {first})" in labels
