@@ -98,17 +98,17 @@ def grassberger_g(n: int) -> np.ndarray:
 
 
 def sorted_prefixes(X: np.ndarray, T: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of ``X[:, :T]`` in lexicographic order, and the first mismatching column of neighbours.
+    """Rows of ``X[:, :T]`` (``T >= 1``) in lexicographic order, and the first mismatching column of
+    neighbours.
 
     Returns ``order`` (N,) and ``p`` (N-1,): ``p[k]`` is the first column < T where sorted rows
     k and k+1 differ, or T. The length-t prefix groups are the runs split where ``p < t``.
     """
     A = np.asarray(X[:, :T])
-    order = np.lexsort(A.T[::-1]) if T else np.arange(A.shape[0])
+    order = np.lexsort(A.T[::-1])
     S = A[order]
     d = S[1:] != S[:-1]
-    p = np.where(d.any(axis=1), d.argmax(axis=1), T) if T else np.zeros(A.shape[0] - 1, np.int64)
-    return order, p.astype(np.int64)
+    return order, np.where(d.any(axis=1), d.argmax(axis=1), T).astype(np.int64)
 
 
 @nb.njit(cache=True, nogil=True)
