@@ -30,13 +30,16 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numba as nb
 import numpy as np
 
 from entropy_cliff import estimators
 from entropy_cliff.errors import EntropyCliffError
-from entropy_cliff.population import PopulationEstimate, population_entropy
+
+if TYPE_CHECKING:
+    from entropy_cliff.population import PopulationEstimate
 
 #: Groups with at most this many rows are finished on contiguous rows instead of column by column.
 SMALL_GROUP = 16
@@ -652,6 +655,8 @@ def measure(
     utilization = np.where(K > 1, H_marginal / np.log2(np.maximum(K, 2)), np.nan)
     population = None
     if bootstrap:
+        from entropy_cliff.population import population_entropy  # only with --bootstrap: start-up
+
         population = population_entropy(X, H_cond, groups, K, bootstrap=bootstrap, confidence=confidence,
                                         rng=np.random.default_rng(seed))
     return Measurement(N=N, L=L, K=K, K_inferred=K_inferred, H_prefix=H_prefix, H_cond=H_cond,
