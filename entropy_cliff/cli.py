@@ -281,9 +281,16 @@ def _measure_text(rep) -> str:
     cols = {"t": "t", "K": "K_t", "H_cond": "H_t", "H_cond_mm": "H_t MM", "H_prefix": "H(X<=t)",
             "remaining_budget": "log2N-C(t-1)", "bound": "bound", "H_marginal": "H(X_t)",
             "utilization": "util", "groups": "prefixes"}
-    cols |= {k: k for k in pos[0] if k not in cols}  # bootstrap limits and columns added by other modules
+    notes = []
+    if "H_cond_pop" in pos[0]:
+        from entropy_cliff import population
+        cols |= {"H_cond_pop": "H_t pop", "H_cond_ci_low": "CI lo", "H_cond_ci_high": "CI hi", "pop_flag": ""}
+        shown = [dict(p, pop_flag=population.FLAGS[p["pop_status"]]) for p in shown]
+        notes = population.footnotes(rep.extra["population"], [p["pop_status"] for p in shown])
+    cols |= {k: k for k in pos[0] if k not in cols and k not in ("singleton_mass", "pop_status")}  # columns added by other modules
     tail = (f"(every length-{last} prefix is distinct: H_t = 0 for all t > {last})"
             if last is not None and len(shown) < len(pos) else "")
+    tail = "\n".join([tail, *notes]).strip()
     return "\n".join([
         f"{rep.file or rep.label}: N = {rep.N:,} sequences x L = {rep.L} positions, log2 N = {rep.log2_N:.2f} bits",
         f"K_t: {rep.K_source}",
@@ -301,8 +308,8 @@ def measure_options(f):
     f = click.option("--confidence", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.95,
                      show_default=True, help="bootstrap interval level.")(f)
     f = click.option("--bootstrap", callback=_count("--bootstrap", zero=True), metavar="COUNT", default="0",
-                     show_default=True, help="B bootstrap resamples of the rows: basic (bias-corrected) intervals "
-                     "for H_t (refused at once when B x N or B x L cannot fit this machine).")(f)
+                     show_default=True, help="B bootstrap resamples of the rows: population estimate of H_t with intervals, null where "
+                     "not identifiable (docs/uncertainty.md; refused at once when B x N or B x L cannot fit this machine).")(f)
     f = click.option("--symlog", is_flag=True, help="figure: symmetric-log y axis, to read the small H_t of the tail.")(f)
     f = click.option("--epsilon", type=click.FloatRange(min=0), default=0.5, show_default=True,
                      help="empirical t*: first t with H_t < epsilon bits (threshold), and first t after which every H_s < epsilon (sustained).")(f)

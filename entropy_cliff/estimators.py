@@ -59,9 +59,10 @@ def basic_interval(estimate: np.ndarray, samples: np.ndarray, confidence: float 
     entropy is biased low, and a resample holds only about 63 % of the distinct rows, so near the
     entropy cliff the replicates sit well below the estimate: the plain percentile interval can then
     exclude the estimate altogether, while the basic interval reflects that bias back (first-order
-    bias correction). It is an interval for the population's entropy, so where the bias is large it
-    lies above the plug-in value, near the Miller–Madow one. The result has shape
-    ``samples.shape[1:] + (2,)``.
+    bias correction), so it lies near the Miller–Madow value. That correction is far too small
+    where prefixes are rare: as an interval for the source's entropy it covers 0–25 % there (see
+    ``docs/uncertainty.md``; :mod:`entropy_cliff.population` gives intervals that hold). Kept for
+    that comparison. The result has shape ``samples.shape[1:] + (2,)``.
     """
     if not 0.0 < confidence < 1.0:
         raise EntropyCliffError(f"confidence must lie strictly between 0 and 1, got {confidence}")

@@ -32,6 +32,7 @@ import dataclasses
 import math
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numba as nb
 import numpy as np
@@ -39,6 +40,9 @@ import numpy as np
 from entropy_cliff import estimators
 from entropy_cliff.errors import EntropyCliffError
 from entropy_cliff.theory import MAX_CODEBOOK
+
+if TYPE_CHECKING:
+    from entropy_cliff.population import PopulationEstimate
 
 #: Groups with at most this many rows are finished on contiguous rows instead of column by column.
 SMALL_GROUP = 16
@@ -56,8 +60,9 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 class Measurement:
     """Per-position entropies of a corpus; arrays have one entry per position t = 1..L (bits).
 
-    ``utilization`` is NaN where ``K_t = 1`` (``log2 K_t = 0``). ``ci`` / ``ci_prefix`` are the
-    basic bootstrap intervals (columns: lower, upper) of ``H_cond`` / ``H_prefix``, or None.
+    ``utilization`` is NaN where ``K_t = 1`` (``log2 K_t = 0``). ``population`` (with bootstrap) is
+    the population estimate of H_t and its intervals, :class:`entropy_cliff.population.PopulationEstimate`;
+    the plug-in columns describe the corpus itself exactly and carry no interval.
     """
 
     N: int
@@ -70,11 +75,15 @@ class Measurement:
     groups: np.ndarray
     H_marginal: np.ndarray
     utilization: np.ndarray
-    ci: np.ndarray | None
-    ci_prefix: np.ndarray | None = None
+    population: PopulationEstimate | None = None
     #: How it was computed: ``{"name": "local", "workers": 1, "threads": T}`` or the Dask engine's
     #: ``{"name": "dask", "workers": n, ...}`` (see :func:`entropy_cliff.distributed.measure_distributed`).
     engine: dict | None = None
+
+    @property
+    def ci(self) -> np.ndarray | None:
+        """Population intervals of H_t, (L, 2) with NaN rows where not identifiable, or None."""
+        return None if self.population is None else self.population.ci
 
     @property
     def log2_N(self) -> float:
@@ -733,7 +742,7 @@ def _marginal_entropy(parts: list[np.ndarray], K: np.ndarray, counts: np.ndarray
 
 
 def measurement_from_sums(N: int, K: np.ndarray, K_inferred: bool, S: np.ndarray, G: np.ndarray,
-                          H_marginal: np.ndarray, ci=None, ci_prefix=None) -> Measurement:
+                          H_marginal: np.ndarray) -> Measurement:
     """A :class:`Measurement` from ``S_l = sum_g c_g log2 c_g`` and ``G_l`` (l = 0..L) of N rows.
 
     ``H(X_{<=t}) = log2 N - S_t / N``, ``H_t`` its differences, Miller–Madow from ``G_t``,
@@ -746,7 +755,7 @@ def measurement_from_sums(N: int, K: np.ndarray, K_inferred: bool, S: np.ndarray
     utilization = np.where(K > 1, H_marginal / np.log2(np.maximum(K, 2).astype(np.float64)), np.nan)
     return Measurement(N=N, L=len(K), K=K, K_inferred=K_inferred, H_prefix=H_prefix, H_cond=H_cond,
                        H_cond_mm=H_cond_mm, groups=groups, H_marginal=H_marginal,
-                       utilization=utilization, ci=ci, ci_prefix=ci_prefix)
+                       utilization=utilization)
 
 
 def measure(
@@ -766,10 +775,9 @@ def measure(
     ``K`` gives the codebook size per position (length L, each in [1, 2^62]); when None it is
     inferred as the global maximum token + 1. Raises :class:`EntropyCliffError` for a negative
     token or a token >= K_t.
-    ``bootstrap = B > 0`` resamples rows B times (multinomial row weights, ``seed``) and adds
-    basic bootstrap intervals at level ``confidence`` for H_cond (``ci``) and H_prefix
-    (``ci_prefix``); see :func:`entropy_cliff.estimators.basic_interval` for why not percentile
-    intervals (resampled plug-in entropies are biased low near the cliff).
+    ``bootstrap = B > 0`` adds the population estimate of H_t and intervals at level ``confidence``
+    from B row resamples (``seed``), NaN where the sample cannot identify them
+    (:func:`entropy_cliff.population.population_entropy`).
     ``small_group`` tunes the kernel (see :func:`prefix_entropy`) and never changes the result.
     """
     parts = _integer_corpus(X)
@@ -790,20 +798,11 @@ def measure(
     S, G, _ = _prefix_sums(parts, None, small_group, show)
     H_marginal = _marginal_entropy(parts, K, counts)
     m = measurement_from_sums(N, K, K_inferred, S, G, H_marginal)
-    H_prefix, H_cond = m.H_prefix, m.H_cond
-    ci = ci_prefix = None
+    population = None
     if bootstrap:
-        rng = np.random.default_rng(seed)
-        reps = np.empty((bootstrap, L))
-        bar = _bar(show, bootstrap, "bootstrap", "resample")
-        for b in range(bootstrap):
-            S_b, _, W = _prefix_sums(parts, estimators.bootstrap_weights(rng, N), small_group, False)
-            reps[b] = math.log2(W) - S_b[1:] / W
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
-        ci_prefix = estimators.basic_interval(H_prefix, reps, confidence)
-        ci = estimators.basic_interval(H_cond, np.diff(reps, axis=1, prepend=0.0), confidence)
-    return dataclasses.replace(m, ci=ci, ci_prefix=ci_prefix,
+        from entropy_cliff.population import population_entropy  # only with --bootstrap: start-up
+
+        population = population_entropy(parts, m.H_cond, m.groups, K, bootstrap=bootstrap, confidence=confidence,
+                                        rng=np.random.default_rng(seed))
+    return dataclasses.replace(m, population=population,
                                engine={"name": "local", "workers": 1, "threads": nb.get_num_threads()})

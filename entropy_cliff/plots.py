@@ -2,7 +2,9 @@
 
 :func:`entropy_figure` is the paper's Fig. 2a: per-position conditional entropy H_t (solid) and the
 remaining information budget R(t) = log2 N - C(t-1) (dashed) for one or more corpora, with the
-theoretical t* marked.
+theoretical t* marked. With a population estimate (``measure --bootstrap``) it adds that estimate
+and its interval band beside the exact plug-in curve, and hatches the positions where the sample
+cannot identify it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class EntropyCurve:
     t_star_empirical: int | None = None
     ci: np.ndarray | None = None
     t_star_threshold: int | None = None
+    H_pop: np.ndarray | None = None
 
 
 def _positions_axis(ax, L: int) -> None:
@@ -47,13 +50,23 @@ def _positions_axis(ax, L: int) -> None:
     ax.set_xlabel("position t")
 
 
+def _population(ax, t: np.ndarray, c: EntropyCurve, color) -> None:
+    """The population estimate (dash-dot) with its interval band, and a hatched span over the
+    positions where it is not identifiable (NaN)."""
+    ax.plot(t, c.H_pop, color=color, lw=1.3, ls="-.")
+    gone = np.flatnonzero(np.isnan(c.H_pop))
+    if gone.size:
+        ax.axvspan(t[gone[0]] - 0.5, t[-1] + 0.5, color=color, alpha=0.07, hatch="//", lw=0)
+
+
 def entropy_figure(curves: Sequence[EntropyCurve], title: str | None = None, symlog: bool = False) -> Figure:
     """H_t and R(t) per position for each corpus (Fig. 2a), plus log2 K_t on a second panel.
 
     Markers name each t*: a filled circle for the sustained t*, an open square for the threshold t*,
     a dotted vertical line for the theoretical t* (legend entries say which). ``symlog`` shows the
     y axis linear below 0.01 bit and logarithmic above, so the small H_t of the tail stay readable.
-    The bootstrap band (``ci``) is drawn opaque enough to see, and the legends sit outside the data.
+    With ``--bootstrap`` (``H_pop``, ``ci``): the population estimate (dash-dot) and its interval band,
+    and a hatched span where it is not identifiable. The legends sit outside the data.
     """
     colors = sns.color_palette("deep", max(len(curves), 1))
     fig = Figure(figsize=(12.5, 4.8 + 0.25 * max(0, len(curves) - 2)), layout="constrained")
@@ -63,8 +76,10 @@ def entropy_figure(curves: Sequence[EntropyCurve], title: str | None = None, sym
     for c, color in zip(curves, colors):
         t = np.arange(1, len(c.H_cond) + 1)
         if c.ci is not None:
-            ax.fill_between(t, np.maximum(c.ci[:, 0], 0.0), c.ci[:, 1], color=color, alpha=0.35, lw=0)
+            ax.fill_between(t, np.maximum(c.ci[:, 0], 0.0), c.ci[:, 1], color=color, alpha=0.3, lw=0)
         ax.plot(t, c.H_cond, color=color, lw=2)
+        if c.H_pop is not None:
+            _population(ax, t, c, color)
         ax.plot(t, c.remaining, color=color, lw=1.3, ls="--")
         if c.t_star_theory is not None:
             ax.axvline(c.t_star_theory, color=color, lw=1.0, ls=":")
@@ -82,7 +97,9 @@ def entropy_figure(curves: Sequence[EntropyCurve], title: str | None = None, sym
                      Line2D([], [], color="0.3", marker="o", ls="", mec="black", mew=0.6, label="t* sustained: H_s < eps for all s >= t"),
                      Line2D([], [], color="0.3", marker="s", ls="", mfc="none", mew=1.5, label="t* threshold: first H_t < eps")]
     if any(c.ci is not None for c in curves):
-        style_handles.append(Patch(color="0.3", alpha=0.35, lw=0, label="bootstrap interval of H_t"))
+        style_handles += [Line2D([], [], color="0.3", lw=1.3, ls="-.", label="population H_t estimate (--bootstrap)"),
+                          Patch(color="0.3", alpha=0.3, lw=0, label="its interval (docs/uncertainty.md)"),
+                          Patch(facecolor="0.3", alpha=0.15, hatch="//", lw=0, label="population not identifiable")]
     ax.axhline(0, color="0.3", lw=0.8)
     top = max(max(float(np.max(c.remaining[:1])), float(np.nanmax(c.H_cond))) for c in curves)
     if symlog:

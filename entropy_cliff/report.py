@@ -164,8 +164,10 @@ class MeasureReport:
         cols = {"t": np.arange(1, self.L + 1), "K": m.K, "H_cond": m.H_cond, "H_cond_mm": m.H_cond_mm,
                 "H_prefix": m.H_prefix, "H_marginal": m.H_marginal, "utilization": m.utilization,
                 "groups": m.groups, "remaining_budget": self.remaining_budget, "bound": self.bound}
-        if m.ci is not None:
-            cols["H_cond_ci_low"], cols["H_cond_ci_high"] = m.ci[:, 0], m.ci[:, 1]
+        if m.population is not None:
+            from entropy_cliff import population
+
+            cols |= population.columns(m.population)
         return cols
 
     def table_columns(self) -> dict[str, np.ndarray]:
@@ -227,6 +229,7 @@ class MeasureReport:
         return EntropyCurve(label=label or self.label, H_cond=m.H_cond, remaining=self.remaining_budget,
                             log2_K=np.log2(m.K.astype(float)), t_star_theory=self.t_star_theory,
                             t_star_empirical=self.t_star_sustained, ci=m.ci,
+                            H_pop=None if m.population is None else m.population.H_cond_pop,
                             t_star_threshold=self.t_star_threshold)
 
     def save(self, out_dir: str | os.PathLike, *, symlog: bool = False) -> list[Path]:
@@ -372,6 +375,10 @@ def measure_corpus(source: str | os.PathLike | np.ndarray, *, schedule: Schedule
                         label=name, delta=delta, epsilon=epsilon,
                         bootstrap={"B": bootstrap, "level": confidence, "seed": seed} if bootstrap else None)
     rep.add_field("engine", m.engine)
+    if m.population is not None:
+        from entropy_cliff import population
+
+        rep.add_field("population", population.summary(m.population))
     constant = sched is None or sched.kmin == sched.kmax
     if warn_variable and constant and looks_variable(parts):
         rep.warnings.append(f"{path or 'array'}: K_t {src.kind} ({'constant' if sched else 'inferred'}), but its "

@@ -344,3 +344,17 @@ def test_figure_options(capsys, dump, tmp_path):
                        "--label", "d", "--symlog", "--bootstrap", "3", "--out", tmp_path / "f.png")
     assert code == 0, err
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+def test_measure_bootstrap_reports_population_columns_and_marks_sparse_positions(capsys, tmp_path):
+    rng = np.random.default_rng(4)
+    path = tmp_path / "iid.npy"
+    np.save(path, rng.choice(4, size=(400, 6), p=[0.5, 0.25, 0.125, 0.125]).astype(np.int16))
+    d = run_json(capsys, "measure", path, "--bootstrap", "20")
+    assert d["population"]["bootstrap"] == 20 and d["population"]["max_singleton_mass"] == 0.2
+    first, last = d["positions"][0], d["positions"][-1]
+    assert first["pop_status"] == "ok" and first["H_cond_ci_low"] <= first["H_cond_pop"] <= first["H_cond_ci_high"]
+    assert last["pop_status"] == "sparse" and last["singleton_mass"] > 0.2
+    assert last["H_cond_pop"] is None and last["H_cond_ci_low"] is None and last["H_cond_ci_high"] is None
+    code, out, err = run(capsys, "measure", path, "--bootstrap", "20")
+    assert code == 0 and "H_t pop" in out and out.count("†") == 1 + sum(p["pop_status"] == "sparse" for p in d["positions"])
+    assert "not identifiable" in out
