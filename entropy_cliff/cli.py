@@ -8,6 +8,7 @@ Heavy modules (the Numba kernel, matplotlib, FAISS) are imported only by the com
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -314,15 +315,18 @@ def _import_measure():
 
 
 def _load_measurement(path: Path, key: str | None, sched_flags: dict[str, Any], uniform_K: int | None,
-                      bootstrap: int, confidence: float, seed: int, quiet: bool) -> dict[str, Any]:
-    """Load a corpus, resolve its K_t (flags > sidecar > inferred) and measure it."""
-    from entropy_cliff.io import load_tokens, read_sidecar
+                      bootstrap: int, confidence: float, seed: int, quiet: bool,
+                      read_opts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Load a corpus (any input format), resolve its K_t (flags > sidecar > inferred) and measure it."""
+    from entropy_cliff.formats import read_corpus
+    from entropy_cliff.io import read_sidecar
 
     measure = _import_measure()
-    X = load_tokens(path, key)
+    corpus = read_corpus(path, key=key, progress=False if quiet else None, **(read_opts or {}))
+    X = corpus.tokens
     N, L = X.shape
     sched = _schedule(length=L, **sched_flags)
-    meta = read_sidecar(path)
+    meta = read_sidecar(path) if corpus.info["format"] in ("npy", "npz") else None
     if sched is not None and uniform_K is not None:
         raise EntropyCliffError("give either --K or --schedule, not both")
     if uniform_K is not None:
@@ -338,7 +342,7 @@ def _load_measurement(path: Path, key: str | None, sched_flags: dict[str, Any], 
     else:
         K, source = None, "inferred (max token + 1; no sidecar or --schedule)"
     m = measure(X, K, bootstrap=bootstrap, confidence=confidence, seed=seed, progress=False if quiet else None)
-    return {"path": path, "measurement": m, "K_source": source, "meta": meta}
+    return {"path": path, "measurement": m, "K_source": source, "meta": meta, "input": corpus.info}
 
 
 def _measure_report(run: dict[str, Any], delta: float, epsilon: float) -> dict[str, Any]:
@@ -414,15 +418,45 @@ def measure_options(f):
     return f
 
 
+def input_options(f):
+    """--input-format/--view/--column/--ten-crop/--batch-size/--world-size/--threads, passed on as ``read_opts``."""
+    from entropy_cliff.formats import FORMATS
+
+    @functools.wraps(f)
+    def wrapper(*args, input_format, view, column, ten_crop, batch_size, world_size, threads, **kwargs):
+        return f(*args, read_opts=dict(input_format=input_format, view=view, column=column, ten_crop=ten_crop,
+                                       batch_size=batch_size, world_size=world_size, threads=threads), **kwargs)
+
+    options = [
+        click.option("--input-format", type=click.Choice(FORMATS),
+                     help="input format (default: recognised from the path: .npy/.npz, a LlamaGen codes folder, "
+                          "a TiTok/RAR .jsonl, a .parquet file or folder, a sharded dump folder)."),
+        click.option("--view", default="original", show_default=True, metavar="original|all|INDEX",
+                     help="augmented inputs: the un-augmented view (flip: 0, ten-crop: the centre crop 4), "
+                          "every view as its own row (all; not independent samples), or one view index."),
+        click.option("--column", help="Parquet: the token column (default: tokens/input_ids/codes, or the only integer-list column)."),
+        click.option("--ten-crop", is_flag=True, help="JSONL: written with --ten_crop (10 lines per image); default flip mode."),
+        click.option("--batch-size", type=click.IntRange(min=1),
+                     help="JSONL flip mode: the writer's per-GPU --batch_size (needed to find the originals)."),
+        click.option("--world-size", type=click.IntRange(min=1),
+                     help="the writer's number of GPUs (JSONL flip mode needs it; also counts padded rows)."),
+        click.option("--threads", type=click.IntRange(min=1), help="reading threads for LlamaGen folders (default 8)."),
+    ]
+    for opt in reversed(options):
+        wrapper = opt(wrapper)
+    return wrapper
+
+
 @cli.command()
 @click.argument("tokens", type=click.Path(path_type=Path), required=False)
 @click.option("--demo", type=click.Choice(DEMOS), help="measure an embedded demo corpus instead of TOKENS.")
 @measure_options
+@input_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="also write DIR/measure.json, DIR/measure.csv and DIR/entropy.png.")
 @format_option
 def measure(tokens, demo, key, kind, kmin, kmax, power, schedule_file, K, delta, epsilon, bootstrap, confidence,
-            seed, quiet, out, fmt):
+            seed, quiet, read_opts, out, fmt):
     """Exact per-position conditional entropy H(X_t | X_<t) of a token corpus, and its t*.
 
     TOKENS is an (N, L) integer .npy (memory-mapped, may exceed RAM) or .npz (--key). K_t comes
@@ -438,9 +472,13 @@ def measure(tokens, demo, key, kind, kmin, kmax, power, schedule_file, K, delta,
         raise EntropyCliffError("give one token file (TOKENS) or --demo NAME")
     path = tokens if tokens is not None else _demo_path(demo)
     flags = dict(kind=kind, kmin=kmin, kmax=kmax, power=power, schedule_file=schedule_file)
-    run = _load_measurement(path, key, flags, K, bootstrap, confidence, seed, quiet)
+    run = _load_measurement(path, key, flags, K, bootstrap, confidence, seed, quiet, read_opts)
     rep = _measure_report(run, delta, epsilon)
+    rep["input"] = run["input"]
     text = _measure_text(rep)
+    if run["input"]["format"] not in ("npy", "npz"):
+        from entropy_cliff.formats import describe
+        text = describe(run["input"]) + "\n" + text
     if out is not None:
         from entropy_cliff.io import atomic_paths
         from entropy_cliff.plots import entropy_figure
@@ -458,10 +496,11 @@ def measure(tokens, demo, key, kind, kmin, kmax, power, schedule_file, K, delta,
 @click.option("--demo", is_flag=True, help="compare the embedded demo corpora (constant K vs cosine VCQ).")
 @click.option("--label", "labels", multiple=True, help="legend label per corpus (repeat; default: schedule or file name).")
 @measure_options
+@input_options
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="write the figure here (PNG).")
 @format_option
 def compare(tokens, demo, labels, key, kind, kmin, kmax, power, schedule_file, K, delta, epsilon, bootstrap,
-            confidence, seed, quiet, out, fmt):
+            confidence, seed, quiet, read_opts, out, fmt):
     """Several token dumps on one figure: per-position H_t and remaining budget (paper Fig. 2a).
 
     \b
@@ -474,14 +513,15 @@ def compare(tokens, demo, labels, key, kind, kmin, kmax, power, schedule_file, K
     if labels and len(labels) != len(paths):
         raise EntropyCliffError(f"{len(labels)} --label values for {len(paths)} corpora")
     flags = dict(kind=kind, kmin=kmin, kmax=kmax, power=power, schedule_file=schedule_file)
-    runs = [_load_measurement(p, key, flags, K, bootstrap, confidence, seed, quiet)
+    runs = [_load_measurement(p, key, flags, K, bootstrap, confidence, seed, quiet, read_opts)
             for p in paths]
     reps = [_measure_report(r, delta, epsilon) for r in runs]
     names = list(labels) if labels else [_label(r) for r in runs]
     summary = [{"label": n, "file": r["file"], "N": r["N"], "L": r["L"], "log2_N": r["log2_N"],
                 "t_star_theory": r["t_star_theory"], "t_star_budget": r["t_star_budget"],
-                "t_star_threshold": r["t_star_threshold"], "t_star_sustained": r["t_star_sustained"]}
-               for n, r in zip(names, reps)]
+                "t_star_threshold": r["t_star_threshold"], "t_star_sustained": r["t_star_sustained"],
+                "input": run["input"]}
+               for n, r, run in zip(names, reps, runs)]
     if out is not None:
         from entropy_cliff.plots import entropy_figure, save_figure
         save_figure(entropy_figure([_entropy_curve(rep, run, n) for rep, run, n in zip(reps, runs, names)]), out)
@@ -528,6 +568,44 @@ def assign(features, codebook, kind, kmin, kmax, power, schedule_file, out, use_
     info = {"out": str(out), "N": tokens.shape[0], "L": tokens.shape[1], "schedule": sched.to_dict(), "K": sched.K}
     _emit(fmt, info, [{"t": t + 1, "K": int(k)} for t, k in enumerate(sched.K)],
           f"wrote {out} ({tokens.shape[0]:,} x {tokens.shape[1]} tokens, {sched.label}) and its sidecar")
+
+
+# ---------------------------------------------------------------------------- convert
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="token dump to write (.npy, with NAME.meta.json and the labels beside it).")
+@input_options
+@click.option("--key", help="array name inside an .npz file.")
+@schedule_options
+@click.option("--K", "K", callback=_count("--K"), metavar="COUNT", help="uniform codebook size for the sidecar.")
+@click.option("--quiet", "-q", is_flag=True, help="no progress.")
+@format_option
+def convert(path, out, read_opts, key, kind, kmin, kmax, power, schedule_file, K, quiet, fmt):
+    """Write another code base's tokens as our dump: N x L .npy (smallest unsigned dtype) + sidecar + labels.
+
+    PATH is anything `measure` reads (LlamaGen codes folder, TiTok/RAR .jsonl, .parquet, .npz).
+    K_t for the sidecar comes from --K/--schedule, else the largest token + 1.
+
+    \b
+    entropy-cliff convert imagenet256_codes/ --out tokens.npy --world-size 8
+    entropy-cliff convert pretokenized.jsonl --out tokens.npy --batch-size 128 --world-size 8
+    entropy-cliff convert train.parquet --column input_ids --out tokens.npy --K 16384
+    """
+    from entropy_cliff.formats import convert as convert_input, describe
+
+    flags = dict(kind=kind, kmin=kmin, kmax=kmax, power=power, schedule_file=schedule_file)
+    if K is not None and kind is not None:
+        raise EntropyCliffError("give either --K or --schedule, not both")
+
+    def schedule_for_length(L: int) -> Schedule | None:
+        return Schedule("constant", K, K, L) if K is not None else _schedule(length=L, **flags)
+
+    info = convert_input(path, out, schedule_for_length, key=key, progress=False if quiet else None, **read_opts)
+    _emit(fmt, info, [dict(info["input"], out=info["out"], N=info["N"], L=info["L"], K_source=info["K_source"])],
+          f"wrote {out} ({info['N']:,} x {info['L']} tokens, K_t {info['K_source']}) and its sidecar\n"
+          + describe(info["input"]))
 
 
 # ---------------------------------------------------------------------------- entry point
