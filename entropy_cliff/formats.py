@@ -38,15 +38,14 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from entropy_cliff.errors import EntropyCliffError
-from entropy_cliff.io import load_array, load_tokens, save_tokens
 
+#: Input formats; this module imports little at load time (the CLI reads this tuple for its options).
 FORMATS = ("npy", "npz", "shards", "llamagen", "titok-jsonl", "parquet")
 TEN_CROP_CENTRE = 4
 LABEL_COLUMNS = ("label", "labels", "class_id", "class", "target")
@@ -302,6 +301,8 @@ def _padding(per_image: np.ndarray, world_size: int | None, where: str) -> int |
 def read_llamagen(path: str | os.PathLike, *, view: str | int = "original", world_size: int | None = None,
                   threads: int | None = None, progress: bool | None = None) -> Corpus:
     """Read a LlamaGen codes folder (``{i}.npy`` of shape ``(1, A, L)``) and its labels, in parallel."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
     codes, labels_dir = _llamagen_dirs(Path(path))
     T = _numbered_files(codes)
     lay = _layout(codes / "0.npy")
@@ -631,6 +632,8 @@ def read_corpus(path: str | os.PathLike, input_format: str | None = None, *, vie
     ``.npy`` is memory-mapped as is (with ``NAME.labels.npy`` when present); view options apply to
     formats that store several views per image.
     """
+    from entropy_cliff.io import load_array, load_tokens
+
     fmt = detect_format(path, input_format)
     view = parse_view(view)
     if fmt == "llamagen":
@@ -674,6 +677,7 @@ def convert(path: str | os.PathLike, out: str | os.PathLike, schedule_for_length
     or None, in which case K_t is the largest token + 1 at every position (``K_source: inferred``).
     The sidecar's ``source`` holds the reader's info (format, view, rows, padded rows, ...).
     """
+    from entropy_cliff.io import save_tokens
     from entropy_cliff.schedules import Schedule
 
     if Path(out).resolve() == Path(path).resolve():
