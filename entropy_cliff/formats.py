@@ -499,22 +499,17 @@ def read_titok_jsonl(path: str | os.PathLike, *, view: str | int = "original", t
                 tok = df["tokens"].explode().to_numpy().reshape(n, L)
                 top = _check_values(tok, lambda k: f"{where}: line {line0 + k + 1}")
                 cid = df["class_id"]
-                if has_labels is None:
-                    has_labels = cid.null_count() == 0
-                if has_labels != (cid.null_count() == 0) or (has_labels and cid.null_count()):
-                    k = int(np.flatnonzero(cid.is_null().to_numpy() == has_labels)[0])
-                    raise EntropyCliffError(f"{where}: line {line0 + k + 1} {'lacks' if has_labels else 'has'} a "
-                                            f"class_id, line 1 {'has' if has_labels else 'lacks'} one")
+                has_labels = cid.null_count() == 0 and has_labels is not False
                 if out is None:
                     out = np.empty((n_rows, L), dtype=_width(top))
-                    labels = np.empty(n_rows, dtype=np.int64) if has_labels else None
+                    labels = np.empty(n_rows, dtype=np.int64)
                 elif top > np.iinfo(out.dtype).max:
                     out = out.astype(_width(top))
                 sel = keep[line0:line0 + n]
                 r0 = int(row_of_line[line0]) + (0 if keep[line0] else 1)
                 r1 = r0 + int(sel.sum())
                 out[r0:r1] = tok[sel]
-                if labels is not None:
+                if has_labels:
                     labels[r0:r1] = cid.to_numpy()[sel]
                 line0 += n
                 bar.update(n)
@@ -525,6 +520,7 @@ def read_titok_jsonl(path: str | os.PathLike, *, view: str | int = "original", t
         ref = vi if vi is not None else (TEN_CROP_CENTRE if ten_crop else 0)
         firsts, lasts = _first_last_lines(T, A, ref, batch_size, world_size)
         padded = _jsonl_padding(out, row_of_line, firsts, lasts) * (1 if vi is not None else A)
+    labels = labels if has_labels else None  # labels only when every line has a class_id
     info = {"format": "titok-jsonl", "path": where, **_view_info(view, vi, A), "lines": T, "images": T // A,
             "rows": n_rows, "padded_rows": padded, "batch_size": batch_size, "world_size": world_size,
             "labels": labels is not None}

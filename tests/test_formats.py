@@ -315,6 +315,10 @@ def test_detect_format_shards_and_overrides(tmp_path):
     noext = tmp_path / "tokens"
     noext.write_text('{"tokens": [1, 2]}\n{"tokens": [1, 3]}\n')
     assert detect_format(noext) == "titok-jsonl"
+    c = read_corpus(noext, view="all")
+    assert c.labels is None and c.tokens.tolist() == [[1, 2], [1, 3]] and not c.info["labels"]
+    noext.write_text('{"tokens": [1, 2], "class_id": 4}\n{"tokens": [1, 3]}\n')  # one line lacks it: no labels
+    assert read_corpus(noext, view="all").labels is None
     with pytest.raises(EntropyCliffError, match="no such file"):
         detect_format(tmp_path / "nope.jsonl")
 
