@@ -8,7 +8,8 @@ Generates, once, under ``--dir`` (default /tmp/ec_bench_formats, outside the rep
 - the same tokens as a Parquet file.
 
 Tokens are uniform over K = 16384, L = 256. Times are wall seconds of the library readers
-(:mod:`entropy_cliff.formats`); files come from the page cache (they were just written or read).
+(:mod:`entropy_cliff.formats`), plus process CPU seconds (all threads; LlamaGen's four reads summed);
+files come from the page cache (they were just written or read).
 
     python benchmarks/bench_formats.py [--files 200000] [--lines 1000000] [--dir /tmp/ec_bench_formats]
 """
@@ -69,9 +70,14 @@ def json_loop(path: Path, lines: int, L: int) -> np.ndarray:
     return out
 
 
+CPU_S: dict[str, float] = {}
+
+
 def timed(fn, *args, **kw):
-    t = time.perf_counter()
+    """(result, wall seconds); the process CPU seconds (all threads) go to CPU_S[fn name], summed."""
+    t, c = time.perf_counter(), time.process_time()
     r = fn(*args, **kw)
+    CPU_S[fn.__name__] = CPU_S.get(fn.__name__, 0.0) + time.process_time() - c
     return r, time.perf_counter() - t
 
 
@@ -120,6 +126,8 @@ def main() -> None:
         "jsonl rows/s (json loop)": args.lines / res["jsonl_json_loop_s"] if "jsonl_json_loop_s" in res else None,
         "parquet rows/s": args.lines / res["parquet_s"],
     }
+    res["cpu_s"] = CPU_S
+    res["load_average_end"] = os.getloadavg()
     print(json.dumps({"raw": res, "summary": summary}, indent=2))
 
 
