@@ -126,16 +126,17 @@ def _check_values(block: np.ndarray, where: Callable[[int], str]) -> int:
     """Check a block of tokens (first axis = items) is non-negative integers; return its maximum."""
     if block.size == 0:
         return 0
+    rows = block.reshape(len(block), -1)
     if block.dtype.kind == "f":
-        bad = ~np.isfinite(block) | (block != np.floor(block))
+        bad = ~np.isfinite(rows) | (rows != np.floor(rows))
         if bad.any():
-            i = int(np.flatnonzero(bad.reshape(len(block), -1).any(axis=1))[0])
-            raise EntropyCliffError(f"{where(i)}: tokens must be integers, found {block.reshape(len(block), -1)[i][bad.reshape(len(block), -1)[i]][0]!r}")
+            i = int(np.flatnonzero(bad.any(axis=1))[0])
+            raise EntropyCliffError(f"{where(i)}: tokens must be integers, found {rows[i][bad[i]][0]!r}")
     elif block.dtype.kind not in "iub":
         raise EntropyCliffError(f"{where(0)}: tokens must be integers, got dtype {block.dtype}")
     if block.dtype.kind in "if" and block.min() < 0:
-        i = int(np.flatnonzero((block.reshape(len(block), -1) < 0).any(axis=1))[0])
-        raise EntropyCliffError(f"{where(i)}: tokens must be non-negative, found {block.reshape(len(block), -1)[i].min()}")
+        i = int(np.flatnonzero((rows < 0).any(axis=1))[0])
+        raise EntropyCliffError(f"{where(i)}: tokens must be non-negative, found {rows[i].min()}")
     return int(block.max())
 
 
@@ -317,7 +318,8 @@ def read_llamagen(path: str | os.PathLike, *, view: str | int = "original", worl
             raise EntropyCliffError(f"{labels_dir}: {_numbered_files(labels_dir)} label files for {T} code files")
         lab_lay = _layout(labels_dir / "0.npy")
         if lab_lay.shape not in ((1,), ()) or lab_lay.dtype.kind not in "iu":
-            raise EntropyCliffError(f"{labels_dir / '0.npy'}: labels must be one integer per file, got shape {lab_lay.shape} {lab_lay.dtype}")
+            raise EntropyCliffError(f"{labels_dir / '0.npy'}: labels must be one integer per file, "
+                                    f"got shape {lab_lay.shape} {lab_lay.dtype}")
     threads = threads or DEFAULT_THREADS
     prefix, lab_prefix = str(codes) + os.sep, str(labels_dir) + os.sep
     labels = np.empty(T, dtype=np.int64) if lab_lay is not None else None
@@ -585,13 +587,15 @@ def read_parquet(path: str | os.PathLike, *, column: str | None = None, view: st
                 s = df[col]
                 n = df.height
                 if s.null_count():
-                    raise EntropyCliffError(f"{where}: row {r0 + int(np.flatnonzero(s.is_null().to_numpy())[0])} of column {col!r} is null")
+                    k = int(np.flatnonzero(s.is_null().to_numpy())[0])
+                    raise EntropyCliffError(f"{where}: row {r0 + k} of column {col!r} is null")
                 lens = s.list.len().to_numpy() if isinstance(s.dtype, pl.List) else np.full(n, s.dtype.size)
                 if L is None:
                     L = int(lens[0])
                 if (lens != L).any() or L == 0:
                     k = int(np.flatnonzero(lens != L)[0]) if L else 0
-                    raise EntropyCliffError(f"{where}: row {r0 + k} of column {col!r} has {lens[k]} tokens, row 0 has {L}")
+                    raise EntropyCliffError(f"{where}: row {r0 + k} of column {col!r} has {lens[k]} tokens, "
+                                            f"row 0 has {L}")
                 flat = s.explode() if isinstance(s.dtype, pl.List) else s.arr.explode()
                 if flat.null_count():
                     raise EntropyCliffError(f"{where}: column {col!r} holds null tokens")

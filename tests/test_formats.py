@@ -231,7 +231,8 @@ def test_convert_round_trip(capsys, tmp_path):
     meta = json.loads((tmp_path / "tokens.meta.json").read_text())
     assert meta["N"] == 12 and meta["K"] == [int(rows.max()) + 1] * L
     src = meta["source"]
-    assert (src["format"], src["view"], src["view_index"], src["padded_rows"], src["batch_size"]) == ("titok-jsonl", "original", 0, 1, 4)
+    assert (src["format"], src["view"], src["view_index"], src["padded_rows"], src["batch_size"]) == (
+        "titok-jsonl", "original", 0, 1, 4)
     label_file = next(p for p in (tmp_path / "tokens.labels.npy", tmp_path / "labels.npy") if p.exists())
     assert np.array_equal(np.load(label_file), labels[ks])
     # our dump measures like the JSONL, and its sidecar K_t is used
