@@ -332,3 +332,14 @@ def test_plain_progress_lines_off_a_terminal(tmp_path, capsys):
     assert lines[-1] == "reading imagenet256_codes: 20/20 files" and len(lines) <= 11
     read_corpus(tmp_path, progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_llamagen_float_files(tmp_path):
+    codes = tmp_path / "f_codes"
+    codes.mkdir()
+    for i in range(3):
+        np.save(codes / f"{i}.npy", np.full((1, 2, L), float(i)))
+    assert read_corpus(codes).tokens.tolist() == [[0] * L, [1] * L, [2] * L]
+    np.save(codes / "1.npy", np.full((1, 2, L), 0.5))
+    with pytest.raises(EntropyCliffError, match=r"1\.npy: tokens must be integers, found 0\.5"):
+        read_corpus(codes)
