@@ -131,7 +131,7 @@ def _check_values(block: np.ndarray, where: Callable[[int], str]) -> int:
         bad = ~np.isfinite(rows) | (rows != np.floor(rows))
         if bad.any():
             i = int(np.flatnonzero(bad.any(axis=1))[0])
-            raise EntropyCliffError(f"{where(i)}: tokens must be integers, found {rows[i][bad[i]][0]!r}")
+            raise EntropyCliffError(f"{where(i)}: tokens must be integers, found {rows[i][bad[i]][0].item()!r}")
     elif block.dtype.kind not in "iub":
         raise EntropyCliffError(f"{where(0)}: tokens must be integers, got dtype {block.dtype}")
     if block.dtype.kind in "if" and block.min() < 0:
