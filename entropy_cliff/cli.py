@@ -7,6 +7,7 @@ Heavy modules (the Numba kernel, matplotlib, FAISS) are imported only by the com
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections.abc import Callable
@@ -275,6 +276,8 @@ def _demo_path(name: str) -> Path:
 
 def _measure_text(rep) -> str:
     """The per-position table of a :class:`entropy_cliff.report.MeasureReport`, for people."""
+    from entropy_cliff.formats import OUR_FORMATS, describe
+
     pos = rep.positions()
     last = rep.first_distinct
     shown = pos if last is None else pos[: min(len(pos), last + 1)]
@@ -291,7 +294,7 @@ def _measure_text(rep) -> str:
     tail = (f"(every length-{last} prefix is distinct: H_t = 0 for all t > {last})"
             if last is not None and len(shown) < len(pos) else "")
     tail = "\n".join([tail, *notes]).strip()
-    return "\n".join([
+    text = "\n".join([
         f"{rep.file or rep.label}: N = {rep.N:,} sequences x L = {rep.L} positions, log2 N = {rep.log2_N:.2f} bits",
         f"K_t: {rep.K_source}",
         f"t* theory (C(t) >= log2 N): {not_reached(rep.t_star_theory)}   "
@@ -300,6 +303,10 @@ def _measure_text(rep) -> str:
         f"sustained (H_s < {rep.epsilon:g} for all s >= t): {not_reached(rep.t_star_sustained)}"
         f"   ({NOT_REACHED} = not reached within L)",
         "", _table(shown, cols), tail]).rstrip()
+    inp = rep.extra.get("input")
+    if inp is not None and inp["format"] not in OUR_FORMATS:  # say how another code base's tokens were read
+        text = describe(inp) + "\n" + text
+    return text
 
 
 def measure_options(f):
@@ -321,17 +328,47 @@ def measure_options(f):
     return f
 
 
+def input_options(f):
+    """--input-format/--view/--column/--ten-crop/--batch-size/--world-size/--threads, passed on as ``read_opts``."""
+    from entropy_cliff.formats import FORMATS
+
+    @functools.wraps(f)
+    def wrapper(*args, input_format, view, column, ten_crop, batch_size, world_size, threads, **kwargs):
+        return f(*args, read_opts=dict(input_format=input_format, view=view, column=column, ten_crop=ten_crop,
+                                       batch_size=batch_size, world_size=world_size, threads=threads), **kwargs)
+
+    options = [
+        click.option("--input-format", type=click.Choice(FORMATS),
+                     help="input format (default: recognised from the path: .npy/.npz, a LlamaGen codes folder, "
+                          "a TiTok/RAR .jsonl, a .parquet file or folder, a sharded dump folder)."),
+        click.option("--view", default="original", show_default=True, metavar="original|all|INDEX",
+                     help="augmented inputs: the un-augmented view (flip: 0, ten-crop: the centre crop 4), "
+                          "every view as its own row (all; not independent samples), or one view index."),
+        click.option("--column", help="Parquet: the token column (default: tokens/input_ids/codes, or the only integer-list column)."),
+        click.option("--ten-crop", is_flag=True, help="JSONL: written with --ten_crop (10 lines per image); default flip mode."),
+        click.option("--batch-size", type=click.IntRange(min=1),
+                     help="JSONL flip mode: the writer's per-GPU --batch_size (needed to find the originals)."),
+        click.option("--world-size", type=click.IntRange(min=1),
+                     help="the writer's number of GPUs (JSONL flip mode needs it; also counts padded rows)."),
+        click.option("--threads", type=click.IntRange(min=1), help="reading threads for LlamaGen folders (default 8)."),
+    ]
+    for opt in reversed(options):
+        wrapper = opt(wrapper)
+    return wrapper
+
+
 @cli.command()
 @click.argument("tokens", type=click.Path(path_type=Path), required=False)
 @click.option("--demo", type=click.Choice(DEMOS), help="measure an embedded demo corpus instead of TOKENS.")
 @measure_options
+@input_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="also write DIR/measure.json, DIR/measure.csv and DIR/entropy.png.")
 @click.option("--scheduler", metavar="ADDRESS", help="run on this dask.distributed scheduler (tcp://host:8786).")
 @click.option("--workers", type=click.IntRange(min=1), help="run on a local Dask cluster of N worker processes.")
 @format_option
 def measure(tokens, demo, key, kind, kmin, kmax, power, schedule_file, K, delta, epsilon, bootstrap, symlog,
-            confidence, seed, quiet, out, scheduler, workers, fmt):
+            confidence, seed, quiet, read_opts, out, scheduler, workers, fmt):
     """Exact per-position conditional entropy H(X_t | X_<t) of a token corpus, and its t*.
 
     TOKENS is an (N, L) integer .npy (memory-mapped, may exceed RAM), an .npz (--key) or a
@@ -356,7 +393,7 @@ def measure(tokens, demo, key, kind, kmin, kmax, power, schedule_file, K, delta,
     rep = measure_corpus(tokens if tokens is not None else _demo_path(demo),
                          schedule=dict(kind=kind, kmin=kmin, kmax=kmax, power=power, schedule_file=schedule_file),
                          K=K, key=key, delta=delta, epsilon=epsilon, bootstrap=bootstrap, confidence=confidence,
-                         seed=seed, progress=False if quiet else None,
+                         seed=seed, progress=False if quiet else None, read_opts=read_opts,
                          scheduler=scheduler, workers=workers)
     if out is not None:
         rep.save(out, symlog=symlog)
@@ -369,10 +406,11 @@ def measure(tokens, demo, key, kind, kmin, kmax, power, schedule_file, K, delta,
 @click.option("--demo", is_flag=True, help="compare the embedded demo corpora (constant K vs cosine VCQ).")
 @click.option("--label", "labels", multiple=True, help="legend label per corpus (repeat; default: schedule or file name).")
 @measure_options
+@input_options
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="write the figure here (PNG).")
 @format_option
 def compare(tokens, demo, labels, key, kind, kmin, kmax, power, schedule_file, K, delta, epsilon, bootstrap, symlog,
-            confidence, seed, quiet, out, fmt):
+            confidence, seed, quiet, read_opts, out, fmt):
     """Several token dumps on one figure: per-position H_t and remaining budget (paper Fig. 2a).
 
     Each dump's K_t is resolved on its own (flags, else its sidecar, else inferred) and the table
@@ -391,14 +429,14 @@ def compare(tokens, demo, labels, key, kind, kmin, kmax, power, schedule_file, K
     reps = compare_corpora(list(tokens) + ([_demo_path(n) for n in DEMOS] if demo else []), labels=list(labels) or None,
                            schedule=dict(kind=kind, kmin=kmin, kmax=kmax, power=power, schedule_file=schedule_file),
                            K=K, key=key, delta=delta, epsilon=epsilon, bootstrap=bootstrap, confidence=confidence,
-                           seed=seed, progress=False if quiet else None)
+                           seed=seed, progress=False if quiet else None, read_opts=read_opts)
     for w in (w for r in reps for w in r.warnings):
         click.echo(f"{PROG}: warning: {w}", err=True)
     if out is not None:
         from entropy_cliff.plots import entropy_figure, save_figure
         save_figure(entropy_figure([r.entropy_curve() for r in reps], symlog=symlog), out)
         click.echo(f"wrote {out}", err=True)
-    summary = [r.summary() | {"K_source": str(r.K_source)} for r in reps]
+    summary = [r.summary() | {"K_source": str(r.K_source), "input": r.extra.get("input")} for r in reps]
     text = _table(summary, {"label": "corpus", "N": "N", "L": "L", "log2_N": "log2 N", "t_star_theory": "t* theory",
                             "t_star_budget": "t* budget", "t_star_threshold": "t* threshold",
                             "t_star_sustained": "t* sustained", "K_source": "K_t from"})
@@ -441,6 +479,38 @@ def assign(features, codebook, kind, kmin, kmax, power, schedule_file, out, use_
     info = {"out": str(out), "N": tokens.shape[0], "L": tokens.shape[1], "schedule": sched.to_dict(), "K": sched.K}
     _emit(fmt, info, [{"t": t + 1, "K": int(k)} for t, k in enumerate(sched.K)],
           f"wrote {out} ({tokens.shape[0]:,} x {tokens.shape[1]} tokens, {sched.label}) and its sidecar")
+
+
+# ---------------------------------------------------------------------------- convert
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="token dump to write (.npy, with NAME.meta.json and the labels beside it).")
+@input_options
+@click.option("--key", help="array name inside an .npz file.")
+@schedule_options
+@click.option("--K", "K", callback=_count("--K", theory.MAX_CODEBOOK), metavar="COUNT", help="uniform codebook size for the sidecar.")
+@click.option("--quiet", "-q", is_flag=True, help="no progress.")
+@format_option
+def convert(path, out, read_opts, key, kind, kmin, kmax, power, schedule_file, K, quiet, fmt):
+    """Write another code base's tokens as our dump: N x L .npy (smallest unsigned dtype) + sidecar + labels.
+
+    PATH is anything `measure` reads (LlamaGen codes folder, TiTok/RAR .jsonl, .parquet, .npz).
+    K_t for the sidecar comes from --K/--schedule, else the largest token + 1.
+
+    \b
+    entropy-cliff convert imagenet256_codes/ --out tokens.npy --world-size 8
+    entropy-cliff convert pretokenized.jsonl --out tokens.npy --batch-size 128 --world-size 8
+    entropy-cliff convert train.parquet --column input_ids --out tokens.npy --K 16384
+    """
+    from entropy_cliff.formats import convert as convert_input, describe
+
+    info = convert_input(path, out, schedule=dict(kind=kind, kmin=kmin, kmax=kmax, power=power, schedule_file=schedule_file),
+                         K=K, key=key, progress=False if quiet else None, **read_opts)
+    _emit(fmt, info, [dict(info["input"], out=info["out"], N=info["N"], L=info["L"], K_source=info["K_source"]["kind"])],
+          f"wrote {out} ({info['N']:,} x {info['L']} tokens, K_t {info['K_source']['kind']}: {info['K_source']['detail']}) and its sidecar\n"
+          + describe(info["input"]))
 
 
 # ---------------------------------------------------------------------------- entry point

@@ -279,7 +279,7 @@ def resolve_K(path: str | os.PathLike | None, shape: tuple[int, int], *,
         sched = Schedule.from_dict(sd, L) if sd.get("kind") in KINDS[:-1] else Schedule.custom(meta["K"])
         return (np.asarray([int(k) for k in meta["K"]], dtype=np.int64),
                 KSource("sidecar", f"{io.sidecar_path(path).name}: {sched.label}"), sched)
-    why = "array given without K_t" if path is None else f"no sidecar {io.sidecar_path(path).name} and no schedule given"
+    why = "no sidecar for this input and no schedule given" if path is None else f"no sidecar {io.sidecar_path(path).name} and no schedule given"
     return None, KSource("inferred", f"largest token + 1 ({why})"), None
 
 
@@ -333,10 +333,13 @@ def looks_variable(parts: list[np.ndarray], block_rows: int = 1 << 20) -> bool:
 def measure_corpus(source: str | os.PathLike | np.ndarray, *, schedule: Schedule | Mapping[str, Any] | None = None, K: int | None = None,
                    key: str | None = None, delta: float = 0.5, epsilon: float = 0.5, bootstrap: int = 0,
                    confidence: float = 0.95, seed: int = 0, progress: bool | None = None, label: str | None = None,
-                   warn_variable: bool = False, scheduler: str | None = None,
-                   workers: int | None = None) -> MeasureReport:
-    """Measure one corpus (a ``.npy``/``.npz`` path, a directory of shards, or an (N, L) integer array)
-    into a :class:`MeasureReport`.
+                   warn_variable: bool = False, read_opts: Mapping[str, Any] | None = None,
+                   scheduler: str | None = None, workers: int | None = None) -> MeasureReport:
+    """Measure one corpus into a :class:`MeasureReport`: an (N, L) integer array, or a path that
+    :func:`entropy_cliff.formats.read_corpus` reads (``.npy``/``.npz``, a directory of shards, a
+    LlamaGen codes folder, a TiTok/RAR ``.jsonl``, Parquet) with ``read_opts`` (``input_format``,
+    ``view``, ``column``, ``ten_crop``, ``batch_size``, ``world_size``, ``threads``); what was read is
+    the report's ``input`` field.
 
     K_t: ``schedule`` or uniform ``K``, else the sidecar, else inferred (see :func:`resolve_K`).
     ``bootstrap = B`` adds basic intervals for H_t at level ``confidence`` (refused at once when it
@@ -346,17 +349,20 @@ def measure_corpus(source: str | os.PathLike | np.ndarray, *, schedule: Schedule
     ``workers`` (a local Dask cluster of that many processes) is given: see
     :func:`entropy_cliff.distributed.measure_distributed`; both give identical results.
     """
-    from entropy_cliff.shards import load_corpus
-
     if scheduler is not None and workers is not None:
         raise EntropyCliffError("give either a scheduler address or a number of local workers, not both")
     if isinstance(source, np.ndarray):
-        path, X = None, io.as_corpus(source, "array")
+        path, X, info = None, io.as_corpus(source, "array"), None
     else:
-        path, X = Path(source), load_corpus(source, key)
+        from entropy_cliff.formats import OUR_FORMATS, read_corpus
+
+        path = Path(source)
+        corpus = read_corpus(path, key=key, progress=progress, **(read_opts or {}))
+        X, info = corpus.tokens, corpus.info
     parts = X if isinstance(X, list) else [X]
     N, L = sum(p.shape[0] for p in parts), parts[0].shape[1]
-    Kt, src, sched = resolve_K(path, (N, L), schedule=schedule, K=K)
+    own = info is None or info["format"] in OUR_FORMATS  # only our dumps have sidecars
+    Kt, src, sched = resolve_K(path if own else None, (N, L), schedule=schedule, K=K)
     check_bootstrap_fits(bootstrap, N, L)
     if scheduler is not None or workers is not None:
         from entropy_cliff.distributed import measure_distributed
@@ -374,6 +380,8 @@ def measure_corpus(source: str | os.PathLike | np.ndarray, *, schedule: Schedule
     rep = MeasureReport(measurement=m, K_source=src, schedule=sched, file=str(path) if path is not None else None,
                         label=name, delta=delta, epsilon=epsilon,
                         bootstrap={"B": bootstrap, "level": confidence, "seed": seed} if bootstrap else None)
+    if info is not None:
+        rep.add_field("input", info)
     rep.add_field("engine", m.engine)
     if m.population is not None:
         from entropy_cliff import population
