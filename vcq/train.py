@@ -74,10 +74,14 @@ class Task:
 
     ``models``: named modules, ``"model"`` first (the one exported to ``model.safetensors``);
     every module with trainable parameters gets its own AdamW optimizer.
+    ``aux``: modules the task uses but never trains or saves (e.g. a frozen LPIPS network); they
+    move to the training device with ``models`` (:func:`task_modules`). A task must reach every
+    module it calls through one of the two, or it stays behind on the CPU.
     ``no_decay``: substrings of parameter names excluded from weight decay (besides ``ndim < 2``).
     """
 
     models: dict[str, nn.Module]
+    aux: dict[str, nn.Module] = {}
     no_decay: tuple[str, ...] = ()
 
     def lr_scale(self, name: str) -> float:
@@ -100,6 +104,14 @@ class Task:
     def preview(self, batch: dict[str, torch.Tensor]) -> np.ndarray | None:
         """A uint8 (H, W, 3) picture for ``preview_<step>.png``, or None."""
         return None
+
+
+def task_modules(task: Task) -> dict[str, nn.Module]:
+    """Every module of ``task`` the loop moves to the device: ``models`` and ``aux``."""
+    clash = set(task.models) & set(task.aux)
+    if clash:
+        raise EntropyCliffError(f"module name {sorted(clash)[0]!r} is both in a task's models and its aux")
+    return {**task.models, **task.aux}
 
 
 @dataclass(frozen=True)
@@ -348,7 +360,9 @@ def train(
     n = len(data)
     batch_indices(0, n, cfg.batch_size, info.world, info.rank, cfg.seed)  # fails early if too small
 
-    raw = {k: m.to(info.device) for k, m in task.models.items()}
+    for m in task_modules(task).values():
+        m.to(info.device)
+    raw = dict(task.models)
     trainable = [k for k, m in raw.items() if any(p.requires_grad for p in m.parameters())]
     opts = {
         k: torch.optim.AdamW(param_groups(raw[k], cfg.weight_decay, task.no_decay), lr=cfg.lr * task.lr_scale(k),

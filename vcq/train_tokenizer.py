@@ -39,6 +39,7 @@ class TokenizerTask(Task):
                  val_images: np.ndarray | None = None) -> None:
         self.cfg = model.cfg
         self.models = {MAIN: model} if disc is None else {MAIN: model, "disc": disc}
+        self.aux = {} if lpips is None else {"lpips": lpips}
         self.model, self.disc, self.lpips = model, disc, lpips
         self.val_images = val_images
 
