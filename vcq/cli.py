@@ -279,7 +279,12 @@ SAMPLING_FLAGS: list[tuple[str, str, str, Any, str]] = [
 @click.option("--device", help="cpu or cuda (default: cuda when present).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="output directory.")
 @click.option("--quiet", is_flag=True)
-def sample_cmd(ckpt, tokenizer, n, classes, preset, ratio, seed, no_cache, cols, device, out, quiet, **kwargs) -> None:
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="samples per batch (default: all at once); finished batches are kept in OUT/partial/.")
+@click.option("--resume", is_flag=True, help="continue an interrupted request in OUT (same settings).")
+@click.option("--bf16", is_flag=True, help="bf16 autocast and a bf16 KV cache (half the memory; for GPUs).")
+def sample_cmd(ckpt, tokenizer, n, classes, preset, ratio, seed, no_cache, cols, device, out, quiet, batch_size,
+               resume, bf16, **kwargs) -> None:
     """Sample token sequences with CFG; write OUT/tokens.npy (+ sidecar), OUT/labels.npy, OUT/grid.png.
 
     \b
@@ -294,7 +299,8 @@ def sample_cmd(ckpt, tokenizer, n, classes, preset, ratio, seed, no_cache, cols,
     except ValueError:
         raise EntropyCliffError(f"--class must list integers, got {classes!r}") from None
     res = sample_run(ckpt, out, n=n, classes=ids, cfg=cfg, tokenizer=tokenizer, seed=seed, ratio=ratio,
-                     use_cache=not no_cache, cols=cols, device=device, progress=not quiet)
+                     use_cache=not no_cache, cols=cols, device=device, progress=not quiet, batch_size=batch_size,
+                     resume=resume, bf16=bf16)
     if not quiet:
         click.echo(f"wrote {n} samples to {res.out}" + (" (grid.png)" if res.grid is not None else ""), err=True)
 
