@@ -323,8 +323,9 @@ def sample_cmd(ckpt, tokenizer, n, classes, preset, ratio, seed, no_cache, cols,
 @click.option("--out", type=click.Path(dir_okay=False), help="write the full results as JSON here.")
 @click.option("--format", "fmt", type=click.Choice(("table", "json")), default="table", show_default=True)
 @click.option("--quiet", is_flag=True)
+@click.option("--device", help="where decoding and featurizing run: cpu, cuda or cuda:N (default: cuda when present).")
 def evaluate_cmd(samples, ckpt, tokenizer, pt_inception, cache_dir, n_real, n_recon, probe_k, seed, out, fmt,
-                 quiet) -> None:
+                 quiet, device) -> None:
     """Reconstruction (PSNR, rFID/rdFID), generation (FID/dFID, precision/recall k=3, IS/dIS),
     linear probe (paper Table 6 form) and memorization of generated token sequences.
 
@@ -345,7 +346,7 @@ def evaluate_cmd(samples, ckpt, tokenizer, pt_inception, cache_dir, n_real, n_re
     if out:
         prepare_output(out, "file")
     res = evaluate_run(samples, ckpt, tokenizer, inception_path=pt_inception, cache_dir=cache_dir, n_real=n_real,
-                       n_recon=n_recon, probe_firsts=firsts, seed=seed, progress=not quiet)
+                       n_recon=n_recon, probe_firsts=firsts, seed=seed, progress=not quiet, device=device)
     for w in res.get("warnings", []):
         click.echo(f"vcq: warning: {w}", err=True)
     if out:

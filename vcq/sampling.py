@@ -286,13 +286,14 @@ def sample_run(ckpt: str | Path, out: str | Path, *, n: int = 16, classes: list[
     from vcq.progress import Progress
     from vcq.resources import check_memory, sampling_bytes
     from vcq.runs import load_run, weights_step
+    from vcq.train import resolve_device
 
     if n < 1:
         raise EntropyCliffError(f"n must be >= 1, got {n}")
     if batch_size is not None and batch_size < 1:
         raise EntropyCliffError(f"batch_size must be >= 1, got {batch_size}")
     bs = n if batch_size is None else min(batch_size, n)
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = resolve_device(device)
     model = load_run(ckpt, dev, task="ar").model
     guided = bool(np.any(guidance_scales(model.K.cpu().numpy(), cfg.scale, cfg.schedule, cfg.power,
                                          cfg.codebook_aware, ratio) != 1.0))

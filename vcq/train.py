@@ -140,6 +140,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def resolve_device(device: str | torch.device | None, local_rank: int = 0) -> torch.device:
+    """``device`` checked (``cuda`` alone means ``cuda:local_rank``), or by default
+    ``cuda:local_rank`` when CUDA is present, else the CPU."""
+    if device is None:
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise EntropyCliffError(f"device = {device!r} is not a device (cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EntropyCliffError(f"device = {device!r} requested but no CUDA device is available")
+    return torch.device(f"cuda:{local_rank}") if dev.type == "cuda" and dev.index is None else dev
+
+
 def init_distributed(device: str | None = None) -> DistInfo:
     """Join the process group ``torchrun`` describes (RANK, WORLD_SIZE, LOCAL_RANK), if any.
 
@@ -148,14 +162,7 @@ def init_distributed(device: str | None = None) -> DistInfo:
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        dev = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    else:
-        dev = torch.device(device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise EntropyCliffError("--device cuda requested but no CUDA device is available")
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device(f"cuda:{local}")
+    dev = resolve_device(device, local)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
