@@ -272,3 +272,76 @@ def test_ddp_gloo_two_processes_match_one_process_with_the_global_batch(tmp_path
     st = torch.load(tmp_path / "tok" / "train_state.pt", weights_only=False)
     assert st["world"] == 2 and st["step"] == 3 and len(st["rng"]) == 2
     assert "disc" in st["models"]
+
+
+# ---------------------------------------------------------------------------- accumulation, GPU switches
+
+def test_k_micro_batches_equal_one_large_batch(tmp_path):
+    from vcq.ar import ARTransformer
+    from vcq.presets import ARConfig
+    from vcq.train_ar import ARTask, TokenData
+
+    rng = np.random.default_rng(0)
+    K = (4, 8, 8, 16)
+    data = TokenData(np.column_stack([rng.integers(0, k, 96) for k in K]), rng.integers(0, 3, 96))
+    cfg = ARConfig(dim=16, depth=2, heads=2, ffn_multiple_of=16, K=K, num_classes=3, dropout=0.0,
+                   token_dropout=0.0, class_dropout=0.0)
+    finals = []
+    for bs, accum in ((12, 1), (3, 4)):
+        torch.manual_seed(0)
+        task = ARTask(ARTransformer(cfg))
+        tc = TrainConfig(steps=4, batch_size=bs, grad_accum=accum, lr=1e-2, warmup_steps=1, ckpt_every=4,
+                         log_every=2, bf16=False, seed=3)
+        res = train(task, data, tc, tmp_path / f"r{accum}", config={}, quiet=True)
+        grads = {n: p.grad.clone() for n, p in task.model.named_parameters()}  # the last step's gradients
+        finals.append(({**task.model.state_dict(), **{"grad." + n: g for n, g in grads.items()}}, res.metrics))
+    (a, ma), (b, mb) = finals
+    for k in a:  # relative to the tensor's norm: Adam divides near-zero gradients by their own size
+        assert (b[k] - a[k]).norm() <= 1e-5 * a[k].norm(), k
+    assert mb["loss"] == pytest.approx(ma["loss"], rel=1e-5)  # the logged loss is the step's mean
+
+
+def test_workers_give_the_same_batches_and_deterministic_mode_is_switched_on_and_off(tmp_path, monkeypatch):
+    seen = []
+
+    class Spy(LinearTask):
+        def step(self, models, batch, step):
+            seen.append((torch.are_deterministic_algorithms_enabled(), batch["x"].sum().item()))
+            return super().step(models, batch, step)
+
+    cfg = TrainConfig(steps=3, batch_size=4, lr=0.05, warmup_steps=1, ckpt_every=100, log_every=1)
+    train(Spy(), ArrayData(), cfg, tmp_path / "a", config={}, quiet=True)
+    plain, seen[:] = list(seen), []
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    cfg2 = TrainConfig(**{**cfg.__dict__, "workers": 2, "deterministic": True})
+    train(Spy(), ArrayData(), cfg2, tmp_path / "b", config={}, quiet=True)
+    assert [x for _, x in seen] == [x for _, x in plain]  # same data order with worker processes
+    assert all(on for on, _ in seen) and not any(on for on, _ in plain)
+    assert not torch.are_deterministic_algorithms_enabled()  # restored after training
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+
+
+def test_a_non_finite_loss_stops_training_before_a_checkpoint(tmp_path):
+    class Blowup(LinearTask):
+        def step(self, models, batch, step):
+            loss, m = super().step(models, batch, step)
+            return (loss * float("nan") if step == 1 else loss), m
+
+    cfg = TrainConfig(steps=6, batch_size=4, lr=0.05, warmup_steps=1, ckpt_every=3, log_every=3)
+    with pytest.raises(EntropyCliffError, match="loss became non-finite between steps 1 and 3"):
+        train(Blowup(), ArrayData(), cfg, tmp_path / "n", config={}, quiet=True)
+    assert not (tmp_path / "n" / "train_state.pt").exists()
+
+
+def test_runs_saved_before_the_new_train_fields_still_resume(tmp_path):
+    from vcq.train import check_run_dir
+    from vcq.presets import to_dict
+
+    new = run_config(SMALL, TRAIN, DATA, "test")
+    old = json.loads(json.dumps(new))
+    for k in ("grad_accum", "workers", "deterministic"):
+        del old["train"][k]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    check_run_dir(tmp_path, new, resume=True)  # no difference
+    with pytest.raises(EntropyCliffError, match="grad_accum: 1 -> 2"):
+        check_run_dir(tmp_path, {**new, "train": {**to_dict(TRAIN), "grad_accum": 2}}, resume=True)

@@ -79,6 +79,11 @@ TOKENIZER_FLAGS: list[tuple[str, str, str, Any, str]] = [
     ("--log-every", "train", "log_every", int, "steps between metrics.jsonl rows."),
     ("--preview-every", "train", "preview_every", int, "steps between preview PNGs."),
     ("--bf16/--no-bf16", "train", "bf16", None, "bf16 autocast on CUDA."),
+    ("--accum-steps", "train", "grad_accum", int,
+     "micro-batches of --batch-size per optimizer step (gradient accumulation)."),
+    ("--workers", "train", "workers", int, "DataLoader worker processes (0: load in the training process)."),
+    ("--deterministic/--no-deterministic", "train", "deterministic", None,
+     "deterministic algorithms (exact resume on CUDA; slower)."),
     ("--data", "data", "name", click.Choice(("digits", "patches", "shapes", "folder", "npy")), "training images."),
     ("--data-path", "data", "path", click.Path(), "folder / .npy path for --data folder|npy."),
     ("--labels-path", "data", "labels_path", click.Path(), "labels .npy for --data npy."),
@@ -143,12 +148,13 @@ def train_tokenizer_cmd(preset, out, resume, stop_at, device, threads, quiet, **
     torchrun --nproc_per_node 8 -m vcq.cli train-tokenizer --preset base --data folder --data-path imagenet/train --out runs/b
     """
     from vcq.runs import train_run
+    from vcq.train import is_main_process
 
     _set_threads(threads)
     out_ = train_run("tokenizer", out, preset=preset, overrides=_flag_values(TOKENIZER_FLAGS, kwargs), resume=resume,
                      stop_at=stop_at, device=device, quiet=quiet, log=_logger(quiet))
     res = out_.result
-    if not quiet and res.metrics:
+    if not quiet and res.metrics and is_main_process():
         click.echo(f"step {res.step}: loss {res.metrics['loss']:.4f}, PSNR {res.metrics.get('psnr', float('nan')):.2f} dB, "
                    f"{res.steps_per_s:.2f} steps/s", err=True)
 
@@ -231,12 +237,15 @@ def train_ar_cmd(tokens, labels, val_tokens, val_labels, val_fraction, preset, o
     import json
 
     from vcq.runs import train_run
+    from vcq.train import is_main_process
 
     data = {"tokens": tokens, "labels": labels, "val_tokens": val_tokens, "val_labels": val_labels,
             "val_fraction": val_fraction}
     out_ = train_run("ar", out, preset=preset, overrides=_flag_values(AR_FLAGS, kwargs), data=data, resume=resume,
                      stop_at=stop_at, device=device, quiet=quiet, log=_logger(quiet))
     res, nll, config = out_.result, out_.nll, out_.config
+    if not is_main_process():
+        return
     if fmt == "json":
         click.echo(json.dumps(nll, indent=2))
         return

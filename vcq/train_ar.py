@@ -29,7 +29,7 @@ from entropy_cliff.io import labels_path, load_tokens, read_sidecar, write_json_
 from vcq.ar import ARTransformer, next_token_loss
 from vcq.data import VAL_FRACTION
 from vcq.presets import ARConfig, TrainConfig, from_dict, to_dict
-from vcq.train import MAIN, WEIGHTS_FILE, Task, TrainResult, read_config, train
+from vcq.train import MAIN, WEIGHTS_FILE, Task, TrainResult, is_main_process, read_config, train
 
 NLL_FILE = "nll.json"
 
@@ -160,7 +160,7 @@ class ARTask(Task):
         tokens, labels = batch["tokens"], batch["labels"]
         logits = models[MAIN](tokens[:, :-1], labels)
         loss = next_token_loss(logits, tokens)
-        return loss, {"train_bits_per_token": loss.item() / math.log(2)}
+        return loss, {"train_bits_per_token": loss.detach() / math.log(2)}
 
     def log_metrics(self) -> dict[str, float]:
         if self.val is None:
@@ -227,7 +227,8 @@ def train_ar(config: dict[str, Any], out_dir: str | Path, *, resume: bool = Fals
              quiet: bool = False, device: str | None = None,
              log: Callable[[str], None] | None = None) -> tuple[TrainResult, dict[str, Any]]:
     """Train the AR model described by :func:`run_config` output; returns the loop's result and
-    the per-position NLL summary written to ``nll.json``.
+    the per-position NLL summary written to ``nll.json`` (under ``torchrun`` only rank 0 computes
+    it; the other ranks return an empty dict).
 
     ``config["data"]`` is a :class:`TokenDataSpec`.
     """
@@ -246,6 +247,8 @@ def train_ar(config: dict[str, Any], out_dir: str | Path, *, resume: bool = Fals
     task = ARTask(model, va)
     result = train(task, tr, train_cfg, out_dir, config=config, resume=resume, stop_at=stop_at, quiet=quiet,
                    device=device, log=log)
+    if not is_main_process():  # rank 0 alone measures H_t and the NLL and writes nll.json
+        return result, {}
     limit = spec.nll_rows
     train_nll = nll_per_position(model, tr.tokens[:limit], tr.labels[:limit])
     summary: dict[str, Any] = {"step": result.step, "train_rows": min(limit, len(tr)),
@@ -256,13 +259,8 @@ def train_ar(config: dict[str, Any], out_dir: str | Path, *, resume: bool = Fals
         val_nll = nll_per_position(model, va.tokens[:limit], va.labels[:limit])
         summary.update(val_rows=min(limit, len(va)), val_bits_per_token=float(val_nll.mean()),
                        val_nll_bits=[float(v) for v in val_nll])
-    if _is_main_process():
-        write_json_atomic(Path(out_dir) / NLL_FILE, summary)
+    write_json_atomic(Path(out_dir) / NLL_FILE, summary)
     return result, summary
-
-
-def _is_main_process() -> bool:
-    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
 
 
 def load_ar(run_dir: str | Path, device: str | torch.device = "cpu") -> ARTransformer:
