@@ -240,6 +240,19 @@ class ArrayData:
         return {"x": self.x[idx], "y": self.y[idx]}
 
 
+class MaskTask(LinearTask):
+    """Records the dropout mask of every step."""
+
+    def __init__(self):
+        super().__init__()
+        self.masks = []
+
+    def step(self, models, batch, step):
+        keep = torch.nn.functional.dropout(torch.ones(8, 4), 0.5, training=True) > 0
+        self.masks.append(keep)
+        return ((models["model"](batch["x"] * keep[:len(batch["x"])]) - batch["y"]) ** 2).mean(), {}
+
+
 def _worker(rank, world, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
@@ -250,8 +263,14 @@ def _worker(rank, world, port, out):
     torch.save(task.models["model"].state_dict(), out / f"linear_rank{rank}.pt")
     tok = TrainConfig(**{**TRAIN.__dict__, "steps": 3, "batch_size": 4})
     train_tokenizer(run_config(SMALL, tok, DATA, "test"), out / "tok", quiet=True)
+    masks = MaskTask()
+    train(masks, ArrayData(), cfg, out / "masks", config={}, quiet=True)
+    torch.save(masks.masks, out / f"masks_rank{rank}.pt")
+    from vcq.tokenizer import dump_tokens
+
+    assert dump_tokens(out / "tok", out / "dump.npy", split="all") == out / "dump"
     import torch.distributed as dist
-    dist.destroy_process_group()
+    dist.destroy_process_group()  # train() and dump_tokens() keep a group they did not create
 
 
 def test_ddp_gloo_two_processes_match_one_process_with_the_global_batch(tmp_path):
@@ -272,6 +291,25 @@ def test_ddp_gloo_two_processes_match_one_process_with_the_global_batch(tmp_path
     st = torch.load(tmp_path / "tok" / "train_state.pt", weights_only=False)
     assert st["world"] == 2 and st["step"] == 3 and len(st["rng"]) == 2
     assert "disc" in st["models"]
+    assert not torch.equal(st["rng"][0]["torch"], st["rng"][1]["torch"])  # per-rank RNG states, resumed per rank
+    # per-rank randomness: dropout masks differ between the ranks at every step
+    m0, m1 = (torch.load(tmp_path / f"masks_rank{r}.pt") for r in range(2))
+    assert len(m0) == 5 and all(not torch.equal(a, b) for a, b in zip(m0, m1))
+    # the two-process dump: rank r's contiguous slice in shard-0000r, rows equal to one process's dump
+    from vcq.tokenizer import dump_tokens
+    from vcq.train_ar import load_token_dump, read_sharded_dump
+
+    one = load_token_dump(dump_tokens(tmp_path / "tok", tmp_path / "one.npy", split="all"))
+    shards = sorted(p.name for p in (tmp_path / "dump").iterdir())
+    assert shards == ["meta.json", "shard-00000.labels.npy", "shard-00000.npy", "shard-00001.labels.npy", "shard-00001.npy"]
+    assert [len(np.load(tmp_path / "dump" / f"shard-0000{r}.npy")) for r in range(2)] == [24, 24]
+    tokens, labels, meta = read_sharded_dump(tmp_path / "dump")
+    np.testing.assert_array_equal(tokens, one.tokens)
+    np.testing.assert_array_equal(labels, one.labels)
+    assert meta["N"] == 48 and meta["K"] == list(one.K) and meta["source"]["shards"] == 2
+    sharded = load_token_dump(tmp_path / "dump")  # what train-ar reads
+    np.testing.assert_array_equal(sharded.tokens, one.tokens)
+    np.testing.assert_array_equal(sharded.labels, one.labels)
 
 
 # ---------------------------------------------------------------------------- accumulation, GPU switches

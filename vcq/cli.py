@@ -161,7 +161,8 @@ def train_tokenizer_cmd(preset, out, resume, stop_at, device, threads, quiet, **
 
 @main.command("dump-tokens")
 @click.option("--ckpt", required=True, type=click.Path(), help="tokenizer run directory.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="token file NAME.npy (sidecar NAME.meta.json beside it).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="token file NAME.npy (sidecar NAME.meta.json beside it); under torchrun the sharded dump NAME/.")
 @click.option("--data", "data_name", type=click.Choice(("digits", "patches", "shapes", "folder", "npy")),
               help="images to tokenize (default: the run's training data).")
 @click.option("--data-path", type=click.Path(), help="folder / .npy path for --data folder|npy.")
@@ -191,7 +192,9 @@ def dump_tokens_cmd(ckpt, out, data_name, data_path, labels_path, n, data_seed, 
                               ("seed", data_seed)) if v is not None}
     path = dump_tokens(ckpt, out, data=data, split=split, expect=expected, batch_size=batch_size,
                        labels=not no_labels, device=device, progress=not quiet)
-    if not quiet:
+    from vcq.train import is_main_process
+
+    if not quiet and is_main_process():
         click.echo(f"wrote {path}", err=True)
 
 

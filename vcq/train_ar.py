@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +55,11 @@ def load_labels(path: str | Path, n: int) -> np.ndarray:
         y = np.load(p, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise EntropyCliffError(f"{p}: not a readable .npy array ({str(e).splitlines()[0]})") from None
+    return check_label_array(y, n, p)
+
+
+def check_label_array(y: np.ndarray, n: int, p: str | Path) -> np.ndarray:
+    """``y`` as int64 labels of ``n`` rows (``p`` names their source in errors)."""
     if y.ndim != 1 or y.dtype.kind not in "iu":
         raise EntropyCliffError(f"{p}: labels must be a 1-D integer array, got {y.dtype} of shape {y.shape}")
     if len(y) != n:
@@ -63,9 +69,54 @@ def load_labels(path: str | Path, n: int) -> np.ndarray:
     return y.astype(np.int64)
 
 
+SHARD_META = "meta.json"
+
+
+def read_sharded_dump(directory: str | Path) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """A sharded dump ``NAME/`` (``vcq dump-tokens`` under torchrun): the ``shard-*.npy`` in name order
+    (never ``*.labels.npy``) as one (N, L) array, their ``shard-*.labels.npy`` joined the same way
+    (None when there are none), and ``NAME/meta.json`` (checked; its N must be the total rows)."""
+    from entropy_cliff.io import LABELS_SUFFIX, check_sidecar
+
+    d = Path(directory)
+    mp = d / SHARD_META
+    try:
+        meta = json.loads(mp.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise EntropyCliffError(f"{mp}: no readable sidecar of a sharded dump ({e})") from None
+    if not isinstance(meta, dict) or "K" not in meta:
+        raise EntropyCliffError(f"{mp}: sidecar lacks the per-position codebook sizes 'K'")
+    paths = sorted(p for p in d.glob("shard-*.npy") if not p.name.endswith(LABELS_SUFFIX))
+    if not paths:
+        raise EntropyCliffError(f"{d}: no shard-*.npy files")
+    parts = [np.load(p, allow_pickle=False) for p in paths]
+    if any(a.ndim != 2 or a.shape[1] != len(meta["K"]) or a.dtype.kind not in "iu" for a in parts):
+        raise EntropyCliffError(f"{d}: shards must be 2-D integer arrays of L = {len(meta['K'])} columns")
+    tokens = np.concatenate(parts)
+    check_sidecar(meta, mp, tokens.shape)
+    lpaths = [p.with_name(p.name[:-4] + LABELS_SUFFIX) for p in paths]
+    have = [p.is_file() for p in lpaths]
+    if any(have) and not all(have):
+        raise EntropyCliffError(f"{lpaths[have.index(False)]}: missing (other shards have labels)")
+    labels = np.concatenate([np.load(p, allow_pickle=False) for p in lpaths]) if all(have) else None
+    return tokens, labels, meta
+
+
 def load_token_dump(tokens_path: str | Path, labels: str | Path | None = None) -> TokenDump:
-    """Read and cross-check a dump written by ``vcq dump-tokens`` (labels default to
-    :func:`entropy_cliff.io.labels_path`: ``NAME.labels.npy``, else the older ``DIR/labels.npy``)."""
+    """Read and cross-check a dump written by ``vcq dump-tokens``: a file ``NAME.npy`` (labels default
+    to :func:`entropy_cliff.io.labels_path`: ``NAME.labels.npy``, else the older ``DIR/labels.npy``)
+    or a sharded directory ``NAME/`` (:func:`read_sharded_dump`; labels from its shards)."""
+    if Path(tokens_path).is_dir():
+        tokens, shard_labels, meta = read_sharded_dump(tokens_path)
+        K = tuple(int(k) for k in meta["K"])
+        check_tokens_fit(tokens, K, str(tokens_path))
+        if labels is not None:
+            y = load_labels(labels, len(tokens))
+        elif shard_labels is None:
+            raise EntropyCliffError(f"{tokens_path}: no shard-*.labels.npy (give the labels file)")
+        else:
+            y = check_label_array(shard_labels, len(tokens), tokens_path)
+        return TokenDump(tokens, y, K, meta.get("schedule"), str(tokens_path))
     tokens = load_tokens(tokens_path)
     meta = read_sidecar(tokens_path)
     if meta is None:
