@@ -123,9 +123,11 @@ def splitmix64(x: torch.Tensor) -> torch.Tensor:
     """SplitMix64's output function of the state ``x + golden`` (int64 tensors, wrapping arithmetic):
     ``z ^= z >> 30; z *= M1; z ^= z >> 27; z *= M2; z ^= z >> 31``."""
     z = x + _i64(_GOLDEN)
-    z = (z ^ _shr(z, 30)) * _i64(_M1)
-    z = (z ^ _shr(z, 27)) * _i64(_M2)
-    return z ^ _shr(z, 31)
+    for shift, mul in ((30, _M1), (27, _M2), (31, None)):  # in place: one temporary at a time
+        z ^= _shr(z, shift)
+        if mul is not None:
+            z *= _i64(mul)
+    return z
 
 
 def gumbel_noise(seed: int, rows: torch.Tensor, t: int, kmax: int) -> torch.Tensor:
@@ -136,8 +138,8 @@ def gumbel_noise(seed: int, rows: torch.Tensor, t: int, kmax: int) -> torch.Tens
     dev = rows.device
     key = splitmix64(splitmix64(splitmix64(torch.tensor(_i64(seed % (1 << 64)), device=dev)) + rows) + t)
     h = splitmix64(key[:, None] + torch.arange(kmax, device=dev))
-    u = (_shr(h, 11).double() + 0.5) * 2.0**-53
-    return (-torch.log(-torch.log(u))).float()
+    u = _shr(h, 11).double().add_(0.5).mul_(2.0**-53)
+    return u.log_().neg_().log_().neg_().float()
 
 
 def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
