@@ -412,9 +412,12 @@ def step_loader(data: TrainData, cfg: TrainConfig, info: DistInfo, first: int, l
     """The batches of steps ``first..last-1`` in order: ``cfg.workers`` worker processes (0: in this
     process), pinned host memory when training on CUDA."""
     ds = StepBatches(data, cfg.batch_size * cfg.grad_accum, info.world, info.rank, cfg.seed, first, last)
+    # its own generator: a DataLoader draws its worker base seed from the global torch RNG otherwise,
+    # which would shift the dropout stream of a resumed run (batches never use torch's RNG)
     return torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=cfg.workers,
                                        pin_memory=info.device.type == "cuda",
-                                       prefetch_factor=4 if cfg.workers else None)
+                                       prefetch_factor=4 if cfg.workers else None,
+                                       generator=torch.Generator().manual_seed(cfg.seed))
 
 
 def micro_batches(batch: dict[str, Any], size: int) -> list[dict[str, Any]]:
