@@ -24,6 +24,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_measure.py
+	$(PY) benchmarks/bench_tokenizer.py --steps 20 --threads 1 --workers 0,2
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis demo-out

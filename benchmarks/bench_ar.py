@@ -22,11 +22,16 @@ from vcq.presets import AR_PRESETS, SamplingConfig, override
 from vcq.sampling import sample
 
 
-def best_of(fn, repeat: int) -> float:
+def best_of(fn, repeat: int, device: str = "cpu") -> float:
+    """Best wall time of ``repeat`` calls; on CUDA the queued kernels are waited for before each
+    clock read (kernels run asynchronously, so the clock alone would time the launches)."""
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     times = []
     for _ in range(repeat):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return min(times)
 
@@ -48,7 +53,7 @@ def main() -> None:
     labels = np.arange(batch) % 10
     guided = SamplingConfig(scale=4.0, schedule="cosine", power=1.5, codebook_aware=True)
     for use_cache in (True, False):
-        s = best_of(lambda: sample(model, labels, guided, seed=0, use_cache=use_cache), args.repeat)
+        s = best_of(lambda: sample(model, labels, guided, seed=0, use_cache=use_cache), args.repeat, args.device)
         print(json.dumps({"bench": "sample", "preset": args.preset, "L": length, "K_max": kmax, "batch": batch,
                           "cfg": True, "kv_cache": use_cache, "seconds": round(s, 4),
                           "tokens_per_s": round(batch * length / s, 1), "device": args.device}))
@@ -64,7 +69,7 @@ def main() -> None:
         opt.step()
 
     step()
-    s = best_of(step, args.repeat)
+    s = best_of(step, args.repeat, args.device)
     print(json.dumps({"bench": "train_step", "preset": args.preset, "L": length, "batch": batch,
                       "params_M": round(model.num_parameters() / 1e6, 2), "seconds": round(s, 4),
                       "device": args.device}))

@@ -652,7 +652,10 @@ def read_corpus(path: str | os.PathLike, input_format: str | None = None, *, vie
 
         X = load_shards(path)
         lps = [labels_path(p) for p in shard_paths(path) if np.load(p, mmap_mode="r").shape[0] > 0]
-        labels = np.concatenate([load_array(lp) for lp in lps]) if lps and all(lp.exists() for lp in lps) else None
+        have = [lp.exists() for lp in lps]
+        if any(have) and not all(have):
+            raise EntropyCliffError(f"{lps[have.index(False)]}: missing (other shards have labels)")
+        labels = np.concatenate([load_array(lp) for lp in lps]) if all(have) else None
         rows = sum(x.shape[0] for x in X)
     else:
         X = load_tokens(path, key)

@@ -28,7 +28,6 @@ pandas, polars and matplotlib are imported only by the methods that need them.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path

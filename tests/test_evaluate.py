@@ -170,6 +170,8 @@ def test_dataset_classifier_learns_caches_and_gives_dfid(tmp_path):
     assert clf.info["val_accuracy"] > 0.9
     again = DatasetClassifier.load_or_train(spec, xtr[:0], ytr[:0], xva, yva, tmp_path)  # from the cache
     np.testing.assert_array_equal(again(xva)[0], clf(xva)[0])
+    on_meta = DatasetClassifier.load_or_train(spec, xtr[:0], ytr[:0], xva, yva, tmp_path, device="meta")
+    assert {p.device.type for p in on_meta.net.parameters()} == {"meta"}  # evaluate --device puts it there
     same = generation_metrics(clf, xva, xva)
     assert set(same) == {"dFID", "precision", "recall", "dIS", "dIS_std", "is_splits"} and same["is_splits"] == 10
     assert same["dFID"] == pytest.approx(0, abs=1e-6) and same["precision"] == 1.0

@@ -206,3 +206,97 @@ def test_table7_presets():
 
 def _g(cfg):
     return dict(scale=cfg.scale, schedule=cfg.schedule, power=cfg.power, codebook_aware=cfg.codebook_aware)
+
+
+# ------------------------------------------------------------- batch-independent noise, batched runs
+
+def _splitmix_reference(x):
+    m = (1 << 64) - 1
+    z = (x + 0x9E3779B97F4A7C15) & m
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+    return z ^ (z >> 31)
+
+
+def test_gumbel_noise_is_splitmix64_of_seed_sample_token_code():
+    from vcq.sampling import gumbel_noise
+
+    g = gumbel_noise(12345, torch.tensor([0, 7, 123456789]), 5, 4).double()
+    for r, i in enumerate([0, 7, 123456789]):
+        key = _splitmix_reference((_splitmix_reference((_splitmix_reference(12345) + i) % 2**64) + 5) % 2**64)
+        for k in range(4):
+            u = ((_splitmix_reference((key + k) % 2**64) >> 11) + 0.5) * 2.0**-53
+            assert g[r, k].item() == pytest.approx(-math.log(-math.log(u)), rel=1e-6)
+    big = gumbel_noise(0, torch.arange(200), 3, 500).double()  # 1e5 draws: mean 0.5772, variance pi^2/6
+    assert big.mean().item() == pytest.approx(0.5772, abs=0.02)
+    assert big.var().item() == pytest.approx(math.pi**2 / 6, rel=0.03)
+
+
+@pytest.mark.parametrize("cfg", [SamplingConfig(), CONFIGS[2]])
+def test_batched_sampling_equals_one_call(cfg):
+    model = tiny_model()
+    labels = np.arange(7) % 3
+    seen_all, seen_parts = {}, {}
+    whole = sample(model, labels, cfg, seed=4, observe=lambda t, lg: seen_all.setdefault(t, lg.clone()))
+    parts = [sample(model, labels[a:b], cfg, seed=4, first=a,
+                    observe=lambda t, lg: seen_parts.setdefault(t, []).append(lg.clone())) for a, b in ((0, 3), (3, 7))]
+    assert torch.equal(whole, torch.cat(parts))
+    for t, lg in seen_all.items():
+        torch.testing.assert_close(torch.cat(seen_parts[t]), lg, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_sampling_keeps_the_kv_cache_in_bf16(monkeypatch):
+    from vcq import ar
+
+    made = []
+    real = ar.KVCache.empty.__func__
+    monkeypatch.setattr(ar.KVCache, "empty", classmethod(lambda cls, *a: made.append(a[-1]) or real(cls, *a)))
+    toks = sample(tiny_model(), np.arange(5) % 3, SamplingConfig(scale=2.0), seed=1, bf16=True)
+    assert made == [torch.bfloat16]
+    assert np.all(toks.numpy() < np.array(tiny_model().cfg.K))
+
+
+@pytest.fixture(scope="module")
+def ar_run(tmp_path_factory):
+    from entropy_cliff.io import save_tokens
+    from vcq.presets import TrainConfig
+    from vcq.train_ar import ar_config_for_dump, load_token_dump, run_config, train_ar
+
+    d = tmp_path_factory.mktemp("ar")
+    rng = np.random.default_rng(0)
+    K = [2, 4, 8, 8]
+    save_tokens(d / "t.npy", np.column_stack([rng.integers(0, k, 64) for k in K]), K,
+                {"kind": "custom", "kmin": 2, "kmax": 8, "power": None}, labels=rng.integers(0, 3, 64))
+    model = ar_config_for_dump(ARConfig(dim=16, depth=1, heads=2, ffn_multiple_of=16), load_token_dump(d / "t.npy"))
+    train = TrainConfig(steps=2, batch_size=8, ckpt_every=2, log_every=2, bf16=False)
+    train_ar(run_config(model, train, {"tokens": str(d / "t.npy"), "nll_rows": 8}, "test"), d / "run", quiet=True)
+    return d / "run"
+
+
+def test_sample_run_in_batches_resumes_and_equals_one_batch(ar_run, tmp_path, monkeypatch):
+    from vcq import sampling
+
+    cfg = SamplingConfig(scale=2.0)
+    one = sampling.sample_run(ar_run, tmp_path / "one", n=10, cfg=cfg, seed=3)
+    real, calls = sampling.sample, []
+
+    def interrupt_second(*a, **kw):
+        calls.append(kw["first"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(sampling, "sample", interrupt_second)
+    with pytest.raises(KeyboardInterrupt, match="3 of 10 samples are kept in .*partial; --resume continues"):
+        sampling.sample_run(ar_run, tmp_path / "b", n=10, cfg=cfg, seed=3, batch_size=3)
+    assert sorted(p.name for p in (tmp_path / "b/partial").iterdir()) == ["request.json", "rows-0000000000.npy"]
+    assert not (tmp_path / "b/tokens.npy").exists()
+    with pytest.raises(EntropyCliffError, match="unfinished sampling request"):
+        sampling.sample_run(ar_run, tmp_path / "b", n=10, cfg=cfg, seed=3, batch_size=3)
+    with pytest.raises(EntropyCliffError, match="seed = 3, not 4"):
+        sampling.sample_run(ar_run, tmp_path / "b", n=10, cfg=cfg, seed=4, batch_size=3, resume=True)
+    res = sampling.sample_run(ar_run, tmp_path / "b", n=10, cfg=cfg, seed=3, batch_size=4, resume=True)
+    assert calls == [0, 3, 3, 7]  # resumed after the kept batch, with the new batch size
+    np.testing.assert_array_equal(np.load(tmp_path / "b/tokens.npy"), one.tokens)
+    np.testing.assert_array_equal(res.labels, one.labels)
+    assert not (tmp_path / "b/partial").exists()

@@ -240,6 +240,19 @@ class ArrayData:
         return {"x": self.x[idx], "y": self.y[idx]}
 
 
+class MaskTask(LinearTask):
+    """Records the dropout mask of every step."""
+
+    def __init__(self):
+        super().__init__()
+        self.masks = []
+
+    def step(self, models, batch, step):
+        keep = torch.nn.functional.dropout(torch.ones(8, 4), 0.5, training=True) > 0
+        self.masks.append(keep)
+        return ((models["model"](batch["x"] * keep[:len(batch["x"])]) - batch["y"]) ** 2).mean(), {}
+
+
 def _worker(rank, world, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
@@ -250,8 +263,14 @@ def _worker(rank, world, port, out):
     torch.save(task.models["model"].state_dict(), out / f"linear_rank{rank}.pt")
     tok = TrainConfig(**{**TRAIN.__dict__, "steps": 3, "batch_size": 4})
     train_tokenizer(run_config(SMALL, tok, DATA, "test"), out / "tok", quiet=True)
+    masks = MaskTask()
+    train(masks, ArrayData(), cfg, out / "masks", config={}, quiet=True)
+    torch.save(masks.masks, out / f"masks_rank{rank}.pt")
+    from vcq.tokenizer import dump_tokens
+
+    assert dump_tokens(out / "tok", out / "dump.npy", split="all") == out / "dump"
     import torch.distributed as dist
-    dist.destroy_process_group()
+    dist.destroy_process_group()  # train() and dump_tokens() keep a group they did not create
 
 
 def test_ddp_gloo_two_processes_match_one_process_with_the_global_batch(tmp_path):
@@ -272,3 +291,94 @@ def test_ddp_gloo_two_processes_match_one_process_with_the_global_batch(tmp_path
     st = torch.load(tmp_path / "tok" / "train_state.pt", weights_only=False)
     assert st["world"] == 2 and st["step"] == 3 and len(st["rng"]) == 2
     assert "disc" in st["models"]
+    assert not torch.equal(st["rng"][0]["torch"], st["rng"][1]["torch"])  # per-rank RNG states, resumed per rank
+    # per-rank randomness: dropout masks differ between the ranks at every step
+    m0, m1 = (torch.load(tmp_path / f"masks_rank{r}.pt") for r in range(2))
+    assert len(m0) == 5 and all(not torch.equal(a, b) for a, b in zip(m0, m1))
+    # the two-process dump: rank r's contiguous slice in shard-0000r, rows equal to one process's dump
+    from vcq.tokenizer import dump_tokens
+    from entropy_cliff.io import read_sidecar
+    from vcq.train_ar import load_token_dump
+
+    one = load_token_dump(dump_tokens(tmp_path / "tok", tmp_path / "one.npy", split="all"))
+    shards = sorted(p.name for p in (tmp_path / "dump").iterdir())
+    assert shards == ["meta.json", "shard-00000.labels.npy", "shard-00000.npy", "shard-00001.labels.npy", "shard-00001.npy"]
+    assert [len(np.load(tmp_path / "dump" / f"shard-0000{r}.npy")) for r in range(2)] == [24, 24]
+    meta = read_sidecar(tmp_path / "dump")
+    assert meta["N"] == 48 and meta["K"] == list(one.K) and meta["source"]["shards"] == 2
+    sharded = load_token_dump(tmp_path / "dump")  # what train-ar reads
+    np.testing.assert_array_equal(sharded.tokens, one.tokens)
+    np.testing.assert_array_equal(sharded.labels, one.labels)
+
+
+# ---------------------------------------------------------------------------- accumulation, GPU switches
+
+def test_k_micro_batches_equal_one_large_batch(tmp_path):
+    from vcq.ar import ARTransformer
+    from vcq.presets import ARConfig
+    from vcq.train_ar import ARTask, TokenData
+
+    rng = np.random.default_rng(0)
+    K = (4, 8, 8, 16)
+    data = TokenData(np.column_stack([rng.integers(0, k, 96) for k in K]), rng.integers(0, 3, 96))
+    cfg = ARConfig(dim=16, depth=2, heads=2, ffn_multiple_of=16, K=K, num_classes=3, dropout=0.0,
+                   token_dropout=0.0, class_dropout=0.0)
+    finals = []
+    for bs, accum in ((12, 1), (3, 4)):
+        torch.manual_seed(0)
+        task = ARTask(ARTransformer(cfg))
+        tc = TrainConfig(steps=4, batch_size=bs, grad_accum=accum, lr=1e-2, warmup_steps=1, ckpt_every=4,
+                         log_every=2, bf16=False, seed=3)
+        res = train(task, data, tc, tmp_path / f"r{accum}", config={}, quiet=True)
+        grads = {n: p.grad.clone() for n, p in task.model.named_parameters()}  # the last step's gradients
+        finals.append(({**task.model.state_dict(), **{"grad." + n: g for n, g in grads.items()}}, res.metrics))
+    (a, ma), (b, mb) = finals
+    for k in a:  # relative to the tensor's norm: Adam divides near-zero gradients by their own size
+        assert (b[k] - a[k]).norm() <= 1e-5 * a[k].norm(), k
+    assert mb["loss"] == pytest.approx(ma["loss"], rel=1e-5)  # the logged loss is the step's mean
+
+
+def test_workers_give_the_same_batches_and_deterministic_mode_is_switched_on_and_off(tmp_path, monkeypatch):
+    seen = []
+
+    class Spy(LinearTask):
+        def step(self, models, batch, step):
+            seen.append((torch.are_deterministic_algorithms_enabled(), batch["x"].sum().item()))
+            return super().step(models, batch, step)
+
+    cfg = TrainConfig(steps=3, batch_size=4, lr=0.05, warmup_steps=1, ckpt_every=100, log_every=1)
+    train(Spy(), ArrayData(), cfg, tmp_path / "a", config={}, quiet=True)
+    plain, seen[:] = list(seen), []
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    cfg2 = TrainConfig(**{**cfg.__dict__, "workers": 2, "deterministic": True})
+    train(Spy(), ArrayData(), cfg2, tmp_path / "b", config={}, quiet=True)
+    assert [x for _, x in seen] == [x for _, x in plain]  # same data order with worker processes
+    assert all(on for on, _ in seen) and not any(on for on, _ in plain)
+    assert not torch.are_deterministic_algorithms_enabled()  # restored after training
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+
+
+def test_a_non_finite_loss_stops_training_before_a_checkpoint(tmp_path):
+    class Blowup(LinearTask):
+        def step(self, models, batch, step):
+            loss, m = super().step(models, batch, step)
+            return (loss * float("nan") if step == 1 else loss), m
+
+    cfg = TrainConfig(steps=6, batch_size=4, lr=0.05, warmup_steps=1, ckpt_every=3, log_every=3)
+    with pytest.raises(EntropyCliffError, match="loss became non-finite between steps 1 and 3"):
+        train(Blowup(), ArrayData(), cfg, tmp_path / "n", config={}, quiet=True)
+    assert not (tmp_path / "n" / "train_state.pt").exists()
+
+
+def test_runs_saved_before_the_new_train_fields_still_resume(tmp_path):
+    from vcq.train import check_run_dir
+    from vcq.presets import to_dict
+
+    new = run_config(SMALL, TRAIN, DATA, "test")
+    old = json.loads(json.dumps(new))
+    for k in ("grad_accum", "workers", "deterministic"):
+        del old["train"][k]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    check_run_dir(tmp_path, new, resume=True)  # no difference
+    with pytest.raises(EntropyCliffError, match="grad_accum: 1 -> 2"):
+        check_run_dir(tmp_path, {**new, "train": {**to_dict(TRAIN), "grad_accum": 2}}, resume=True)

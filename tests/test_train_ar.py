@@ -139,9 +139,11 @@ def test_cli_train_sample_evaluate(cli_run):
     assert toks.shape == (10, len(K)) and np.all(toks < np.array(K))
     assert np.load(d / "s/tokens.labels.npy").tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]
     assert json.loads((d / "s/tokens.meta.json").read_text())["K"] == K
-    res = run_cli("evaluate", "--samples", d / "s", "--ckpt", d / "run", "--probe-k", "1,all", "--out", d / "ev.json")
+    res = run_cli("evaluate", "--samples", d / "s", "--ckpt", d / "run", "--probe-k", "1,all", "--out", d / "ev.json",
+                  "--device", "cpu")
     assert res.exit_code == 0, res.output
     ev = json.loads((d / "ev.json").read_text())
+    assert ev["device"] == "cpu"
     assert [r["tokens"] for r in ev["linear_probe"]["table"]] == [1, len(K)]
     assert len(ev["memorization"]["generated"]["prefix_share"]) == len(K)
     assert ev["memorization"]["generated"]["prefix_share"][0] == 1.0  # position 1 has K_1 = 2 codes, both seen
@@ -154,6 +156,7 @@ def test_cli_train_sample_evaluate(cli_run):
     (["sample", "--class", "0,7"], "class ids must lie in [0, 4)"),
     (["sample", "--n", "1000000000000", "--scale", "2"], "sampling n = 1000000000000 sequences at once needs about"),
     (["sample", "--schedule", "none", "--scale", "3"], "scale = 3.0 would be ignored"),
+    (["sample", "--device", "tpu9"], "device = 'tpu9' is not a device"),
 ])
 def test_cli_bad_sampling_input(cli_run, args, msg):
     d, _, _ = cli_run

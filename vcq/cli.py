@@ -8,7 +8,6 @@ are one line on stderr and exit status 2.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import click
@@ -79,6 +78,11 @@ TOKENIZER_FLAGS: list[tuple[str, str, str, Any, str]] = [
     ("--log-every", "train", "log_every", int, "steps between metrics.jsonl rows."),
     ("--preview-every", "train", "preview_every", int, "steps between preview PNGs."),
     ("--bf16/--no-bf16", "train", "bf16", None, "bf16 autocast on CUDA."),
+    ("--accum-steps", "train", "grad_accum", int,
+     "micro-batches of --batch-size per optimizer step (gradient accumulation)."),
+    ("--workers", "train", "workers", int, "DataLoader worker processes (0: load in the training process)."),
+    ("--deterministic/--no-deterministic", "train", "deterministic", None,
+     "deterministic algorithms (exact resume on CUDA; slower)."),
     ("--data", "data", "name", click.Choice(("digits", "patches", "shapes", "folder", "npy")), "training images."),
     ("--data-path", "data", "path", click.Path(), "folder / .npy path for --data folder|npy."),
     ("--labels-path", "data", "labels_path", click.Path(), "labels .npy for --data npy."),
@@ -143,19 +147,21 @@ def train_tokenizer_cmd(preset, out, resume, stop_at, device, threads, quiet, **
     torchrun --nproc_per_node 8 -m vcq.cli train-tokenizer --preset base --data folder --data-path imagenet/train --out runs/b
     """
     from vcq.runs import train_run
+    from vcq.train import is_main_process
 
     _set_threads(threads)
     out_ = train_run("tokenizer", out, preset=preset, overrides=_flag_values(TOKENIZER_FLAGS, kwargs), resume=resume,
                      stop_at=stop_at, device=device, quiet=quiet, log=_logger(quiet))
     res = out_.result
-    if not quiet and res.metrics:
+    if not quiet and res.metrics and is_main_process():
         click.echo(f"step {res.step}: loss {res.metrics['loss']:.4f}, PSNR {res.metrics.get('psnr', float('nan')):.2f} dB, "
                    f"{res.steps_per_s:.2f} steps/s", err=True)
 
 
 @main.command("dump-tokens")
 @click.option("--ckpt", required=True, type=click.Path(), help="tokenizer run directory.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="token file NAME.npy (sidecar NAME.meta.json beside it).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="token file NAME.npy (sidecar NAME.meta.json beside it); under torchrun the sharded dump NAME/.")
 @click.option("--data", "data_name", type=click.Choice(("digits", "patches", "shapes", "folder", "npy")),
               help="images to tokenize (default: the run's training data).")
 @click.option("--data-path", type=click.Path(), help="folder / .npy path for --data folder|npy.")
@@ -185,7 +191,9 @@ def dump_tokens_cmd(ckpt, out, data_name, data_path, labels_path, n, data_seed, 
                               ("seed", data_seed)) if v is not None}
     path = dump_tokens(ckpt, out, data=data, split=split, expect=expected, batch_size=batch_size,
                        labels=not no_labels, device=device, progress=not quiet)
-    if not quiet:
+    from vcq.train import is_main_process
+
+    if not quiet and is_main_process():
         click.echo(f"wrote {path}", err=True)
 
 
@@ -231,12 +239,15 @@ def train_ar_cmd(tokens, labels, val_tokens, val_labels, val_fraction, preset, o
     import json
 
     from vcq.runs import train_run
+    from vcq.train import is_main_process
 
     data = {"tokens": tokens, "labels": labels, "val_tokens": val_tokens, "val_labels": val_labels,
             "val_fraction": val_fraction}
     out_ = train_run("ar", out, preset=preset, overrides=_flag_values(AR_FLAGS, kwargs), data=data, resume=resume,
                      stop_at=stop_at, device=device, quiet=quiet, log=_logger(quiet))
     res, nll, config = out_.result, out_.nll, out_.config
+    if not is_main_process():
+        return
     if fmt == "json":
         click.echo(json.dumps(nll, indent=2))
         return
@@ -279,7 +290,12 @@ SAMPLING_FLAGS: list[tuple[str, str, str, Any, str]] = [
 @click.option("--device", help="cpu or cuda (default: cuda when present).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="output directory.")
 @click.option("--quiet", is_flag=True)
-def sample_cmd(ckpt, tokenizer, n, classes, preset, ratio, seed, no_cache, cols, device, out, quiet, **kwargs) -> None:
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="samples per batch (default: all at once); finished batches are kept in OUT/partial/.")
+@click.option("--resume", is_flag=True, help="continue an interrupted request in OUT (same settings).")
+@click.option("--bf16", is_flag=True, help="bf16 autocast and a bf16 KV cache (half the memory; for GPUs).")
+def sample_cmd(ckpt, tokenizer, n, classes, preset, ratio, seed, no_cache, cols, device, out, quiet, batch_size,
+               resume, bf16, **kwargs) -> None:
     """Sample token sequences with CFG; write OUT/tokens.npy (+ sidecar), OUT/labels.npy, OUT/grid.png.
 
     \b
@@ -294,7 +310,8 @@ def sample_cmd(ckpt, tokenizer, n, classes, preset, ratio, seed, no_cache, cols,
     except ValueError:
         raise EntropyCliffError(f"--class must list integers, got {classes!r}") from None
     res = sample_run(ckpt, out, n=n, classes=ids, cfg=cfg, tokenizer=tokenizer, seed=seed, ratio=ratio,
-                     use_cache=not no_cache, cols=cols, device=device, progress=not quiet)
+                     use_cache=not no_cache, cols=cols, device=device, progress=not quiet, batch_size=batch_size,
+                     resume=resume, bf16=bf16)
     if not quiet:
         click.echo(f"wrote {n} samples to {res.out}" + (" (grid.png)" if res.grid is not None else ""), err=True)
 
@@ -317,8 +334,9 @@ def sample_cmd(ckpt, tokenizer, n, classes, preset, ratio, seed, no_cache, cols,
 @click.option("--out", type=click.Path(dir_okay=False), help="write the full results as JSON here.")
 @click.option("--format", "fmt", type=click.Choice(("table", "json")), default="table", show_default=True)
 @click.option("--quiet", is_flag=True)
+@click.option("--device", help="where decoding and featurizing run: cpu, cuda or cuda:N (default: cuda when present).")
 def evaluate_cmd(samples, ckpt, tokenizer, pt_inception, cache_dir, n_real, n_recon, probe_k, seed, out, fmt,
-                 quiet) -> None:
+                 quiet, device) -> None:
     """Reconstruction (PSNR, rFID/rdFID), generation (FID/dFID, precision/recall k=3, IS/dIS),
     linear probe (paper Table 6 form) and memorization of generated token sequences.
 
@@ -339,7 +357,7 @@ def evaluate_cmd(samples, ckpt, tokenizer, pt_inception, cache_dir, n_real, n_re
     if out:
         prepare_output(out, "file")
     res = evaluate_run(samples, ckpt, tokenizer, inception_path=pt_inception, cache_dir=cache_dir, n_real=n_real,
-                       n_recon=n_recon, probe_firsts=firsts, seed=seed, progress=not quiet)
+                       n_recon=n_recon, probe_firsts=firsts, seed=seed, progress=not quiet, device=device)
     for w in res.get("warnings", []):
         click.echo(f"vcq: warning: {w}", err=True)
     if out:

@@ -57,7 +57,7 @@ def load_samples(samples_dir: str | Path) -> tuple[np.ndarray, np.ndarray, tuple
 def evaluate_run(samples_dir: str | Path | None, ar_dir: str | Path | None, tokenizer_dir: str | Path | None, *,
                  inception_path: str | Path | None = None, cache_dir: str | Path = "runs/dfid-cache",
                  n_real: int = 2000, n_recon: int = 500, probe_firsts: tuple[int, ...] = (1, 10, 0),
-                 seed: int = 0, progress: bool = False) -> dict:
+                 seed: int = 0, progress: bool = False, device: str | None = None) -> dict:
     """Every metric the given inputs allow, as one JSON-ready dict.
 
     - tokenizer: reconstruction PSNR and rFID/rdFID on the dataset's validation split;
@@ -71,7 +71,11 @@ def evaluate_run(samples_dir: str | Path | None, ar_dir: str | Path | None, toke
 
     FID-like numbers use the Inception network (:func:`vcq.features.inception_extractor`) when
     ``inception_path`` is given, else a dataset classifier (dFID) cached in ``cache_dir``.
+    Decoding, reconstruction and featurizing run in batches on ``device`` (default: CUDA when
+    present, else the CPU); the output records it as ``"device"``.
     """
+    from vcq.train import resolve_device
+
     from vcq.runs import load_run
     from vcq.train_ar import check_dump_matches
 
@@ -79,11 +83,12 @@ def evaluate_run(samples_dir: str | Path | None, ar_dir: str | Path | None, toke
         raise EntropyCliffError("nothing to evaluate: give samples, an AR run and/or a tokenizer run")
     if any(int(k) < 0 for k in probe_firsts):
         raise EntropyCliffError(f"probe_firsts must be >= 1 (0 = all tokens), got {list(probe_firsts)}")
-    out: dict = {"warnings": []}
+    dev = resolve_device(device)
+    out: dict = {"warnings": [], "device": str(dev)}
     samples = load_samples(samples_dir) if samples_dir is not None else None
     tok = ds = None
     if tokenizer_dir is not None:
-        run = load_run(tokenizer_dir, task="tokenizer")
+        run = load_run(tokenizer_dir, dev, task="tokenizer")
         tok, tcfg = run.model, run.model.cfg
         ds = {s: run.data.load(s, tcfg, augment=False) for s in ("train", "val")}
         tok_K = tuple(int(k) for k in tok.quantizer.K.tolist())
@@ -92,14 +97,14 @@ def evaluate_run(samples_dir: str | Path | None, ar_dir: str | Path | None, toke
     extractor: FeatureExtractor | None = None
     if ds is not None:
         if inception_path is not None:
-            extractor = inception_extractor(inception_path)
+            extractor = inception_extractor(inception_path, dev)
             out["features"] = {"path": str(inception_path)}
         else:
             tr_imgs, va_imgs = ds["train"].images(np.arange(len(ds["train"]))), ds["val"].images(np.arange(len(ds["val"])))
             cspec = ClassifierSpec(dataset={**run.config["data"], "image_size": tcfg.image_size},
                                    channels=tcfg.channels, num_classes=len(ds["train"].class_names), seed=seed)
             extractor = DatasetClassifier.load_or_train(cspec, tr_imgs, ds["train"].label_array(), va_imgs,
-                                                        ds["val"].label_array(), cache_dir, progress)
+                                                        ds["val"].label_array(), cache_dir, progress, dev)
             out["features"] = dict(extractor.info)
         out["feature_extractor"] = extractor.name
         rng = np.random.default_rng(seed)

@@ -173,13 +173,15 @@ class DatasetClassifier:
 
     name, fid_name, is_name = CLASSIFIER, "dFID", "dIS"
 
-    def __init__(self, net: SmallCNN, info: dict, batch_size: int = 256) -> None:
-        self.net, self.info, self.batch_size = net.eval(), info, batch_size
+    def __init__(self, net: SmallCNN, info: dict, batch_size: int = 256, device: str | torch.device = "cpu") -> None:
+        self.net, self.info, self.batch_size, self.device = net.to(device).eval(), info, batch_size, torch.device(device)
         self.dim = net.fc.in_features
+
     @classmethod
     def load_or_train(cls, spec: ClassifierSpec, train_images: np.ndarray, train_labels: np.ndarray,
                       val_images: np.ndarray, val_labels: np.ndarray, cache_dir: str | Path,
-                      progress: bool = False) -> DatasetClassifier:
+                      progress: bool = False, device: str | torch.device = "cpu") -> DatasetClassifier:
+        """The cached classifier of ``spec``, or a new one trained (on ``device``) and cached."""
         from safetensors.torch import load_file, save_file
 
         cache = Path(cache_dir)
@@ -187,13 +189,13 @@ class DatasetClassifier:
         net = SmallCNN(spec.channels, spec.num_classes, spec.width)
         if weights.is_file() and meta.is_file():
             net.load_state_dict(load_file(str(weights)))
-            return cls(net, json.loads(meta.read_text()))
-        fit_classifier(net, train_images, train_labels, spec, progress)
-        out = cls(net, {})
+            return cls(net, json.loads(meta.read_text()), device=device)
+        fit_classifier(net.to(device), train_images, train_labels, spec, progress)
+        out = cls(net, {}, device=device)
         out.info = {"spec": asdict(spec), "train_accuracy": out.accuracy(train_images[:2000], train_labels[:2000]),
                     "val_accuracy": out.accuracy(val_images, val_labels)}
         with atomic_path(weights) as tmp:
-            save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
+            save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(tmp))
         write_json_atomic(meta, out.info)
         return out
 
@@ -201,9 +203,9 @@ class DatasetClassifier:
     def logits_and_features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         feats, logits = [], []
         for s in range(0, len(images), self.batch_size):
-            f = self.net.features(to_tensor(images[s:s + self.batch_size]))
-            feats.append(f.double().numpy())
-            logits.append(self.net.fc(f).double().numpy())
+            f = self.net.features(to_tensor(images[s:s + self.batch_size], self.device))
+            feats.append(f.double().cpu().numpy())
+            logits.append(self.net.fc(f).double().cpu().numpy())
         return np.concatenate(logits), np.concatenate(feats)
 
     def accuracy(self, images: np.ndarray, labels: np.ndarray) -> float:
@@ -217,20 +219,22 @@ class DatasetClassifier:
 
 def fit_classifier(net: SmallCNN, images: np.ndarray, labels: np.ndarray, spec: ClassifierSpec,
                    progress: bool = False) -> None:
-    """Adam with a cosine learning-rate decay, random horizontal flips, cross-entropy."""
+    """Adam with a cosine learning-rate decay, random horizontal flips, cross-entropy (on the
+    device of ``net``)."""
     from vcq.progress import Progress
 
     torch.manual_seed(spec.seed)
     rng = np.random.default_rng(spec.seed)
     opt = torch.optim.AdamW(net.parameters(), lr=spec.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, spec.steps)
-    y_all = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    dev = next(net.parameters()).device
+    y_all = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=dev)
     net.train()
     with Progress(spec.steps, desc="dFID classifier", unit="step", quiet=not progress) as bar:
         for _ in range(spec.steps):
             idx = rng.integers(0, len(images), spec.batch_size)
-            x = to_tensor(images[idx])
-            x = torch.where(torch.from_numpy(rng.random(len(idx)) < 0.5)[:, None, None, None], x.flip(3), x)
+            x = to_tensor(images[idx], dev)
+            x = torch.where(torch.from_numpy(rng.random(len(idx)) < 0.5).to(dev)[:, None, None, None], x.flip(3), x)
             loss = F.cross_entropy(net(x), y_all[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -32,9 +32,15 @@ def to_tensor(images: np.ndarray, device: str | torch.device = "cpu") -> torch.T
     return to_unit_range(torch.from_numpy(np.ascontiguousarray(images)).to(device))
 
 
+def quantize_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float (B, C, H, W) in [-1, 1] -> uint8 tensor (B, H, W, C) on the same device (values outside
+    [-1, 1] are clipped)."""
+    return ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().byte().permute(0, 2, 3, 1)
+
+
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """float (B, C, H, W) in [-1, 1] -> uint8 (B, H, W, C) (values outside [-1, 1] are clipped)."""
-    return ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    """float (B, C, H, W) in [-1, 1] -> uint8 numpy (B, H, W, C) (:func:`quantize_uint8`)."""
+    return quantize_uint8(x).cpu().numpy()
 
 
 def _rgb(images: np.ndarray) -> np.ndarray:

@@ -57,6 +57,14 @@ def mean_psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
     return float(np.mean(psnr(a, b, data_range)))
 
 
+def mean_psnr_tensor(a: torch.Tensor, b: torch.Tensor, data_range: float = 255.0) -> torch.Tensor:
+    """:func:`mean_psnr` of two uint8 image tensors, computed on their device (float64) and
+    returned as a 0-d tensor, so a training step need not wait for the device."""
+    a, b = a.double() / data_range, b.double() / data_range
+    mse = (a - b).square().reshape(len(a), -1).mean(1)
+    return (10.0 * torch.log10(1.0 / mse)).mean()
+
+
 # --------------------------------------------------------------------------------------------
 # distribution metrics on features
 

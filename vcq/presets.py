@@ -33,7 +33,8 @@ class TrainConfig:
     """Optimisation settings shared by every training task (:mod:`vcq.train`).
 
     Learning rate: linear warmup from 0 to ``lr`` over ``warmup_steps``, then linear decay to
-    ``min_lr`` at ``steps``. AdamW with ``weight_decay`` on weight matrices only (biases, norms,
+    ``min_lr`` at ``steps``. One optimizer step sees ``batch_size × grad_accum × world_size``
+    examples (``grad_accum`` micro-batches of ``batch_size`` per process). AdamW with ``weight_decay`` on weight matrices only (biases, norms,
     embeddings named in the task's ``no_decay`` are excluded).
     """
 
@@ -51,6 +52,9 @@ class TrainConfig:
     log_every: int = 10
     preview_every: int = 100
     bf16: bool = True  # bf16 autocast; only ever active on CUDA
+    grad_accum: int = 1  # micro-batches of batch_size per optimizer step (per-process step batch: batch_size x grad_accum)
+    workers: int = 0  # DataLoader worker processes preparing batches (0: in the training process)
+    deterministic: bool = False  # torch.use_deterministic_algorithms + cuBLAS workspace (exact CUDA resume)
 
 
 @dataclass(frozen=True)

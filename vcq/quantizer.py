@@ -217,16 +217,30 @@ class VariableCodebookQuantizer(nn.Module):
     @torch.no_grad()
     def _count(self, idx: torch.Tensor) -> None:
         if self.counts is None or self.counts.device != idx.device:
-            self.counts = torch.zeros(self.length, self.kmax, device=idx.device)
+            self.counts = torch.zeros(self.length * self.kmax, dtype=torch.long, device=idx.device)
         flat = (torch.arange(self.length, device=idx.device) * self.kmax + idx).reshape(-1)
-        self.counts += torch.bincount(flat, minlength=self.length * self.kmax).view(self.length, self.kmax)
+        self.counts.index_add_(0, flat, torch.ones_like(flat))  # unlike bincount, no host sync
 
     @torch.no_grad()
     def _update_usage(self, idx: torch.Tensor, z: torch.Tensor) -> None:
-        share = torch.bincount(idx.reshape(-1), minlength=self.kmax).float() / idx.numel()
+        """EMA of each code's share of this batch's assignments; under ``torch.distributed`` the
+        share of the global batch (all-reduced), so every rank takes the same restart decisions."""
+        flat = idx.reshape(-1)
+        share = torch.zeros(self.kmax, device=idx.device).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float))
+        share /= idx.numel()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(share)
+            share /= dist.get_world_size()
         self.ema_share.mul_(self.usage_decay).add_(share, alpha=1.0 - self.usage_decay)
         if self.dead_code_restart:
             self._last_z, self._last_idx = z.detach(), idx
+
+    @torch.no_grad()
+    def all_reduce_usage(self) -> None:
+        """Sum the assignment counts over the ranks of ``torch.distributed`` (every rank must call
+        it), so :meth:`usage_stats` describes the global batch, not one rank's shard."""
+        if self.counts is not None and dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.counts)
 
     def reset_usage(self) -> None:
         """Forget the per-position assignment counts (kept in training mode only)."""
@@ -240,7 +254,7 @@ class VariableCodebookQuantizer(nn.Module):
         """
         if self.counts is None:
             raise EntropyCliffError("no assignments counted yet")
-        c = self.counts.double().cpu()
+        c = self.counts.view(self.length, self.kmax).double().cpu()
         p = c / c.sum(1, keepdim=True).clamp_min(1)
         h = -(p * torch.log2(p.where(p > 0, torch.ones_like(p)))).sum(1)
         logk = torch.log2(self.K.double().cpu())

@@ -4,8 +4,9 @@ Estimates are lower bounds from the sizes alone (float32 tensors of 4 bytes):
 
 - training: ``4 × 4 × P`` bytes for P parameters (weights, gradients, AdamW's two moments),
   activations not counted;
-- sampling: the KV cache, ``rows × depth × 2 × L × dim × 4`` bytes with ``rows = 2 n`` under
-  guidance (conditional and null-class rows), plus the ``rows × K_max`` logits and Gumbel noise.
+- sampling: the KV cache, ``rows × depth × 2 × L × dim × 4`` bytes (× 2 under bf16) with
+  ``rows = 2 n`` under guidance (conditional and null-class rows), plus the ``rows × K_max`` logits
+  and Gumbel noise.
 
 :func:`check_memory` compares an estimate with the memory free on the device (CUDA: free device
 memory; CPU: available RAM) and refuses what exceeds :data:`HEADROOM` of it.
@@ -54,7 +55,8 @@ def training_bytes(models: Iterable[nn.Module]) -> int:
     return 16 * sum(p.numel() for m in models for p in m.parameters() if p.requires_grad)
 
 
-def sampling_bytes(depth: int, dim: int, length: int, kmax: int, n: int, guided: bool) -> int:
-    """KV cache plus per-step logits and noise of sampling ``n`` sequences at once."""
+def sampling_bytes(depth: int, dim: int, length: int, kmax: int, n: int, guided: bool, cache_itemsize: int = 4) -> int:
+    """KV cache (``cache_itemsize`` bytes per entry: 4 for float32, 2 under bf16) plus per-step
+    float32 logits and noise of sampling ``n`` sequences at once."""
     rows = 2 * n if guided else n
-    return 4 * rows * (depth * 2 * length * dim + 3 * kmax)
+    return rows * (cache_itemsize * depth * 2 * length * dim + 4 * 3 * kmax)

@@ -139,23 +139,28 @@ def train_run(task: str, out: str | Path, *, preset: str | None = None,
               resume: bool = False, stop_at: int | None = None, device: str | None = None, quiet: bool = False,
               log: Callable[[str], None] | None = None) -> TrainOutcome:
     """Resolve a run's config (:func:`resolve_config`; on ``resume`` from ``out``'s saved config)
-    and train it into ``out``."""
+    and train it into ``out``; under ``torchrun`` the process group is left at the end."""
     from entropy_cliff.io import prepare_output
 
     if stop_at is not None and stop_at < 0:
         raise EntropyCliffError(f"stop_at must be >= 0, got {stop_at}")
     base = read_config(out) if resume else None
     config = resolve_config(task, preset=preset, overrides=overrides, data=data, base=base)
+    from vcq.train import finish_distributed
+
     prepare_output(out, "dir")
-    if task == "tokenizer":
-        from vcq.train_tokenizer import train_tokenizer
+    try:
+        if task == "tokenizer":
+            from vcq.train_tokenizer import train_tokenizer
 
-        return TrainOutcome(config, train_tokenizer(config, out, resume=resume, stop_at=stop_at, quiet=quiet,
-                                                    device=device, log=log))
-    from vcq.train_ar import train_ar
+            return TrainOutcome(config, train_tokenizer(config, out, resume=resume, stop_at=stop_at, quiet=quiet,
+                                                        device=device, log=log))
+        from vcq.train_ar import train_ar
 
-    res, nll = train_ar(config, out, resume=resume, stop_at=stop_at, quiet=quiet, device=device, log=log)
-    return TrainOutcome(config, res, nll)
+        res, nll = train_ar(config, out, resume=resume, stop_at=stop_at, quiet=quiet, device=device, log=log)
+        return TrainOutcome(config, res, nll)
+    finally:
+        finish_distributed()
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu", task: str | None = None) -> Run:

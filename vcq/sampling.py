@@ -21,9 +21,12 @@ per-position scale comes from :func:`guidance_scales`:
   them; the log ratio is our documented choice.
 
 Sampling draws each token by the Gumbel-max trick, ``argmax(l_t / T + G)`` with ``G`` standard
-Gumbel noise from a seeded generator, which is an exact draw from ``softmax(l_t / T)`` restricted to
-the top-k / top-p set. Masked logits (-inf, indices >= K_t) can never win, so every sampled token is
-< K_t, and the noise is the same whether or not the KV cache is used.
+Gumbel noise, which is an exact draw from ``softmax(l_t / T)`` restricted to the top-k / top-p set.
+Masked logits (-inf, indices >= K_t) can never win, so every sampled token is < K_t. The noise of
+sample i, token t, code k is a counter-based function of ``(seed, i, t, k)`` (:func:`gumbel_noise`,
+SplitMix64 hashing), computed on the model's device: it does not depend on the KV cache, the
+device, or how the n samples are cut into batches, so ``vcq sample --batch-size`` (and a resumed
+run) gives the same tokens as one call.
 """
 
 from __future__ import annotations
@@ -103,9 +106,40 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
-def _gumbel(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    u = torch.rand(shape, generator=generator, dtype=torch.float64).clamp_(1e-300, 1.0 - 1e-16)
-    return (-torch.log(-torch.log(u))).to(device=device, dtype=torch.float32)
+_GOLDEN, _M1, _M2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+
+def _i64(x: int) -> int:
+    """An unsigned 64-bit constant as the int64 with the same bits."""
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+def _shr(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 bits."""
+    return (x >> s) & ((1 << (64 - s)) - 1)
+
+
+def splitmix64(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's output function of the state ``x + golden`` (int64 tensors, wrapping arithmetic):
+    ``z ^= z >> 30; z *= M1; z ^= z >> 27; z *= M2; z ^= z >> 31``."""
+    z = x + _i64(_GOLDEN)
+    for shift, mul in ((30, _M1), (27, _M2), (31, None)):  # in place: one temporary at a time
+        z ^= _shr(z, shift)
+        if mul is not None:
+            z *= _i64(mul)
+    return z
+
+
+def gumbel_noise(seed: int, rows: torch.Tensor, t: int, kmax: int) -> torch.Tensor:
+    """Standard Gumbel noise (len(rows), kmax) float32 for token ``t`` of samples ``rows`` (int64,
+    global sample indices), on ``rows``' device: ``G = -log(-log(u))`` with
+    ``u = (h >> 11 + 1/2) 2^-53`` in (0, 1) and ``h = mix(mix(mix(seed) + i) + t) + k``, mix =
+    :func:`splitmix64`. A pure function of (seed, i, t, k)."""
+    dev = rows.device
+    key = splitmix64(splitmix64(splitmix64(torch.tensor(_i64(seed % (1 << 64)), device=dev)) + rows) + t)
+    h = splitmix64(key[:, None] + torch.arange(kmax, device=dev))
+    u = _shr(h, 11).double().add_(0.5).mul_(2.0**-53)
+    return u.log_().neg_().log_().neg_().float()
 
 
 def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
@@ -122,19 +156,29 @@ def check_labels(labels: np.ndarray, num_classes: int) -> None:
         raise EntropyCliffError(f"class ids must lie in [0, {num_classes}), got {int(labels.min())}..{int(labels.max())}")
 
 
+def cache_dtype(model: ARTransformer, bf16: bool) -> torch.dtype:
+    """The KV cache's dtype: bfloat16 under bf16 autocast, else the model's parameter dtype."""
+    return torch.bfloat16 if bf16 else next(model.parameters()).dtype
+
+
 @torch.no_grad()
 def sample(model: ARTransformer, labels: torch.Tensor | np.ndarray, cfg: SamplingConfig = SamplingConfig(),
            seed: int = 0, use_cache: bool = True, ratio: str = "log", progress: bool = False,
-           observe: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+           observe: Callable[[int, torch.Tensor], None] | None = None, first: int = 0,
+           bf16: bool = False) -> torch.Tensor:
     """Sample token sequences (B, L) for class ``labels`` (B,) with the settings in ``cfg``.
 
     Guidance doubles the batch (conditional rows, then null-class rows) whenever some s_t != 1.
     ``use_cache=False`` recomputes the whole prefix at every step (the reference the cache is
-    tested against). Noise comes from a CPU generator seeded with ``seed``, so results do not depend
-    on the cache or the device placement of the model. ``observe(t, logits)``, when given, sees the
-    logits each token t = 0..L-1 is drawn from (after guidance, temperature and filters). A request
-    whose KV cache cannot fit the device's free memory is refused before sampling starts.
+    tested against). Row j is sample number ``first + j`` of the request: its noise is
+    :func:`gumbel_noise` of that index, drawn on the model's device, so results do not depend on
+    the cache, the device or the batching. ``bf16``: bf16 autocast with a bf16 KV cache (half the
+    memory). ``observe(t, logits)``, when given, sees the logits each token t = 0..L-1 is drawn
+    from (after guidance, temperature and filters). A request whose KV cache cannot fit the
+    device's free memory is refused before sampling starts.
     """
+    import contextlib
+
     from vcq.progress import Progress
     from vcq.resources import check_memory, sampling_bytes
 
@@ -146,23 +190,25 @@ def sample(model: ARTransformer, labels: torch.Tensor | np.ndarray, cfg: Samplin
     scales = guidance_scales(k_t, cfg.scale, cfg.schedule, cfg.power, cfg.codebook_aware, ratio)
     guided = bool(np.any(scales != 1.0))
     b, length, kmax = labels.shape[0], model.cfg.length, model.cfg.kmax
-    check_memory(sampling_bytes(model.cfg.depth, model.cfg.dim, length, kmax, b, guided), device,
+    dtype = cache_dtype(model, bf16)
+    check_memory(sampling_bytes(model.cfg.depth, model.cfg.dim, length, kmax, b, guided, dtype.itemsize), device,
                  f"sampling n = {b} sequences at once")
     run_labels = torch.cat([labels, torch.full_like(labels, model.null_class)]) if guided else labels
-    gen = torch.Generator().manual_seed(seed)
-    cache = KVCache.empty(model, run_labels.shape[0], device, model.rope_cos.dtype) if use_cache else None
+    rows = torch.arange(first, first + b, device=device)
+    cache = KVCache.empty(model, run_labels.shape[0], device, dtype) if use_cache else None
     tokens = torch.zeros(b, 0, dtype=torch.long, device=device)
-    with Progress(length, desc="sample", unit="token", quiet=not progress) as bar:
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with Progress(length, desc="sample", unit="token", quiet=not progress) as bar, amp:
         try:
             for t in range(length):
                 prefix = torch.cat([tokens, tokens]) if guided else tokens
-                logits = model(prefix, run_labels, cache)[:, -1]
+                logits = model(prefix, run_labels, cache)[:, -1].float()
                 if guided:
                     logits = guided_logits(logits[:b], logits[b:], scales[t])
                 logits = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)
                 if observe is not None:
                     observe(t, logits)
-                nxt = torch.argmax(logits + _gumbel((b, kmax), gen, device), dim=-1)
+                nxt = torch.argmax(logits + gumbel_noise(seed, rows, t, kmax), dim=-1)
                 tokens = torch.cat([tokens, nxt[:, None]], dim=1)
                 bar.update(1)
         except KeyboardInterrupt:
@@ -188,29 +234,75 @@ class SampleResult:
     grid: Path | None
 
 
+PARTIAL_DIR, REQUEST_FILE = "partial", "request.json"
+
+
+def _resume_rows(partial: Path, request: dict[str, Any], resume: bool, out: Path) -> list[np.ndarray]:
+    """The batches an interrupted request left in ``partial`` (``rows-<first>.npy``, contiguous
+    from row 0), after checking that ``request`` is the same; refuses to start over them unless
+    ``resume``, and to resume without them."""
+    req = partial / REQUEST_FILE
+    if not resume:
+        if req.exists():
+            raise EntropyCliffError(f"{out}: holds an unfinished sampling request (resume it, or choose a new output directory)")
+        return []
+    if not req.is_file():
+        raise EntropyCliffError(f"{out}: no unfinished sampling request to resume")
+    import json
+
+    saved = json.loads(req.read_text())
+    diff = [k for k in sorted(set(saved) | set(request)) if saved.get(k) != request.get(k)]
+    if diff:
+        k = diff[0]
+        raise EntropyCliffError(f"{out}: the unfinished request has {k} = {saved.get(k)!r}, not {request.get(k)!r}")
+    parts, done = [], 0
+    for f in sorted(partial.glob("rows-*.npy")):
+        if int(f.stem.split("-")[1]) != done:
+            break
+        parts.append(np.load(f))
+        done += len(parts[-1])
+    return parts
+
+
 def sample_run(ckpt: str | Path, out: str | Path, *, n: int = 16, classes: list[int] | None = None,
                cfg: SamplingConfig = SamplingConfig(), tokenizer: str | Path | None = None, seed: int = 0,
                ratio: str = "log", use_cache: bool = True, cols: int | None = None, device: str | None = None,
-               progress: bool = False) -> SampleResult:
+               progress: bool = False, batch_size: int | None = None, resume: bool = False,
+               bf16: bool = False) -> SampleResult:
     """Sample ``n`` sequences from the AR run ``ckpt`` for class ids ``classes`` (cycled; default
     0..C-1) and write ``out/tokens.npy`` with its sidecar and labels, and with a ``tokenizer`` run
-    (same K_t) ``out/grid.png``: the decoded images, each captioned with its class id."""
-    from entropy_cliff.io import prepare_output, save_tokens
-    from vcq.images import image_grid, save_png
-    from vcq.runs import load_run
+    (same K_t) ``out/grid.png``: the decoded images, each captioned with its class id.
 
+    ``batch_size`` samples at a time (default: all ``n`` at once); every finished batch is kept as
+    ``out/partial/rows-<first>.npy`` beside ``out/partial/request.json`` until the request is
+    complete, and ``resume`` continues an interrupted request (same settings) from them. Samples do
+    not depend on the batching (:func:`sample`), so the result is the same either way. ``bf16``:
+    bf16 autocast and KV cache.
+    """
+    import shutil
+    from contextlib import nullcontext
+
+    from entropy_cliff.io import prepare_output, save_npy_atomic, save_tokens, write_json_atomic
+    from vcq.images import image_grid, save_png
+    from vcq.progress import Progress
     from vcq.resources import check_memory, sampling_bytes
+    from vcq.runs import load_run, weights_step
+    from vcq.train import resolve_device
 
     if n < 1:
         raise EntropyCliffError(f"n must be >= 1, got {n}")
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if batch_size is not None and batch_size < 1:
+        raise EntropyCliffError(f"batch_size must be >= 1, got {batch_size}")
+    bs = n if batch_size is None else min(batch_size, n)
+    dev = resolve_device(device)
     model = load_run(ckpt, dev, task="ar").model
     guided = bool(np.any(guidance_scales(model.K.cpu().numpy(), cfg.scale, cfg.schedule, cfg.power,
                                          cfg.codebook_aware, ratio) != 1.0))
-    check_memory(sampling_bytes(model.cfg.depth, model.cfg.dim, model.cfg.length, model.cfg.kmax, n, guided), dev,
-                 f"sampling n = {n} sequences at once")
+    check_memory(sampling_bytes(model.cfg.depth, model.cfg.dim, model.cfg.length, model.cfg.kmax, bs, guided,
+                                cache_dtype(model, bf16).itemsize), dev, f"sampling n = {bs} sequences at once")
     ids = list(range(model.cfg.num_classes)) if not classes else [int(c) for c in classes]
     check_labels(np.asarray(ids), model.cfg.num_classes)
+    check_memory(16 * n * model.cfg.length, "cpu", f"keeping n = {n} sampled sequences")
     labels = np.resize(np.asarray(ids, dtype=np.int64), n)
     tok = None
     if tokenizer:
@@ -218,10 +310,33 @@ def sample_run(ckpt: str | Path, out: str | Path, *, n: int = 16, classes: list[
         if tuple(tok.quantizer.K.tolist()) != model.cfg.K:
             raise EntropyCliffError(f"{tokenizer}: the tokenizer's K_t disagree with the AR model's")
     outp = prepare_output(out, "dir")
-    tokens = sample(model, labels, cfg, seed=seed, use_cache=use_cache, ratio=ratio, progress=progress).cpu().numpy()
+    partial = outp / PARTIAL_DIR
+    request = {"ckpt": str(ckpt), "step": weights_step(ckpt), "n": n, "classes": ids, "sampling": asdict(cfg),
+               "seed": seed, "ratio": ratio, "bf16": bf16}
+    parts = _resume_rows(partial, request, resume, outp)
+    done = sum(len(p) for p in parts)
+    partial.mkdir(exist_ok=True)
+    write_json_atomic(partial / REQUEST_FILE, request)
+    batched = bs < n
+    bar = Progress(n, initial=done, desc="sample", unit="sample", quiet=not (progress and batched))
+    with bar if batched else nullcontext():
+        for first in range(done, n, bs):
+            try:
+                rows = sample(model, labels[first:first + bs], cfg, seed=seed, use_cache=use_cache, ratio=ratio,
+                              progress=progress and not batched, first=first, bf16=bf16).cpu().numpy()
+            except KeyboardInterrupt:
+                kept = (f"{first} of {n} samples are kept in {partial}; --resume continues" if first else
+                        "nothing was kept")
+                raise KeyboardInterrupt(f"sampling stopped in the batch starting at sample {first}; {kept}") from None
+            save_npy_atomic(partial / f"rows-{first:010d}.npy", rows)
+            parts.append(rows)
+            if batched:
+                bar.update(len(rows))
+    tokens = np.concatenate(parts)
     schedule = model.cfg.schedule or {"kind": "custom", "kmin": min(model.cfg.K), "kmax": model.cfg.kmax, "power": None}
     save_tokens(outp / "tokens.npy", tokens, list(model.cfg.K), schedule,
-                {"ar": str(ckpt), "sampling": asdict(cfg), "seed": seed, "ratio": ratio}, labels)
+                {"ar": str(ckpt), "sampling": asdict(cfg), "seed": seed, "ratio": ratio, "bf16": bf16}, labels)
+    shutil.rmtree(partial)
     grid = None
     if tok is not None:
         from vcq.tokenizer import decode_tokens

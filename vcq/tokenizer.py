@@ -209,14 +209,17 @@ def load_tokenizer(run_dir: str | Path, device: str | torch.device = "cpu") -> T
 
 
 def tokenize_images(model: Tokenizer1D, images: ImageSet, batch_size: int = 256,
-                    device: str | torch.device = "cpu", progress: bool = False) -> np.ndarray:
-    """Tokens (N, L) int64 of every image of ``images`` (in order), position t < K_t."""
+                    device: str | torch.device = "cpu", progress: bool = False,
+                    rows: range | None = None) -> np.ndarray:
+    """Tokens (n, L) int64 of the images ``rows`` (default: all) of ``images``, in order; position
+    t < K_t."""
     from vcq.progress import Progress
 
+    rows = range(len(images)) if rows is None else rows
     out = [np.zeros((0, model.cfg.num_latent), np.int64)]
-    with Progress(len(images), desc="tokenize", unit="image", quiet=not progress) as bar:
-        for s in range(0, len(images), batch_size):
-            x = to_tensor(images.images(np.arange(s, min(s + batch_size, len(images)))), device)
+    with Progress(len(rows), desc="tokenize", unit="image", quiet=not progress) as bar:
+        for s in range(rows.start, rows.stop, batch_size):
+            x = to_tensor(images.images(np.arange(s, min(s + batch_size, rows.stop))), device)
             out.append(model.encode(x).cpu().numpy())
             bar.update(len(x))
     return np.concatenate(out)
@@ -249,28 +252,106 @@ def dump_tokens(ckpt: str | Path, out: str | Path, *, data: dict[str, Any] | Non
     start empty). ``expect`` (e.g. ``{"schedule": "cosine", "kmax": 256}``) must match the
     checkpoint's model config. Writes ``out`` (N × L, smallest unsigned dtype), its sidecar with the
     schedule and K_t, and its labels (:func:`entropy_cliff.io.save_tokens`) when ``labels``.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) each rank tokenizes its own contiguous slice of the
+    images on its device and the result is a sharded dump, the directory ``out`` without ``.npy``
+    (:func:`_dump_sharded`); that directory is returned.
     """
+    import os
+
     from entropy_cliff.io import prepare_output, save_tokens
+    from vcq.train import resolve_device
 
     config = read_config(ckpt)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return _dump_sharded(ckpt, out, config, data, split, expect, batch_size, labels, device, progress)
     prepare_output(out, "file")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
     model = load_tokenizer(ckpt, dev)
     cfg = model.cfg
+    _check_expected(ckpt, config, expect)
+    spec, images = _dump_images(config, cfg, data, split)
+    tokens = tokenize_images(model, images, batch_size, dev, progress)
+    sched = schedule_of(cfg)
+    return save_tokens(out, tokens, sched.K, sched.to_dict(), _dump_source(ckpt, config, spec, split, cfg),
+                       images.label_array() if labels else None)
+
+
+def _check_expected(ckpt: str | Path, config: dict[str, Any], expect: dict[str, Any] | None) -> None:
     for k, v in (expect or {}).items():
         if config["model"].get(k) != v:
             raise EntropyCliffError(f"{ckpt}: checkpoint was trained with {k} = {config['model'].get(k)!r}, not {v!r}")
+
+
+def _dump_images(config: dict[str, Any], cfg: TokenizerConfig, data: dict[str, Any] | None,
+                 split: str) -> tuple[DataSpec, ImageSet]:
+    """The images a dump tokenizes: the run's data spec with ``data`` replacing fields."""
     spec = from_dict(DataSpec, config["data"])
     data = dict(data or {})
     if data.get("name", spec.name) != spec.name:
         spec = DataSpec(name=data["name"], seed=spec.seed, val_fraction=spec.val_fraction)
     spec = override(spec, **data)
-    images = spec.load(split, cfg, augment=False)
-    tokens = tokenize_images(model, images, batch_size, dev, progress)
-    sched = schedule_of(cfg)
+    return spec, spec.load(split, cfg, augment=False)
+
+
+def _dump_source(ckpt: str | Path, config: dict[str, Any], spec: DataSpec, split: str,
+                 cfg: TokenizerConfig) -> dict[str, Any]:
     from vcq.runs import weights_step
 
-    source = {"tokenizer": str(ckpt), "preset": config.get("preset"), "step": weights_step(ckpt),
-              "data": to_dict(spec), "split": split, "image_size": cfg.image_size}
-    return save_tokens(out, tokens, sched.K, sched.to_dict(), source, images.label_array() if labels else None)
+    return {"tokenizer": str(ckpt), "preset": config.get("preset"), "step": weights_step(ckpt),
+            "data": to_dict(spec), "split": split, "image_size": cfg.image_size}
+
+
+def shard_rows(n: int, world: int, rank: int) -> range:
+    """Rank ``rank``'s contiguous slice of ``n`` rows: ``[r n / W, (r + 1) n / W)`` (no padding, no
+    repeats; sizes differ by at most one)."""
+    return range(rank * n // world, (rank + 1) * n // world)
+
+
+def _dump_sharded(ckpt: str | Path, out: str | Path, config: dict[str, Any], data: dict[str, Any] | None,
+                  split: str, expect: dict[str, Any] | None, batch_size: int, labels: bool, device: str | None,
+                  progress: bool) -> Path:
+    """The torchrun form of :func:`dump_tokens`: rank r writes ``NAME/shard-0000r.npy`` (+
+    ``shard-0000r.labels.npy``) with the tokens of :func:`shard_rows`; rank 0 then writes
+    ``NAME/meta.json`` (the sidecar, N = all rows) last, so its presence marks a complete dump."""
+    import torch.distributed as dist
+
+    from entropy_cliff.io import (LABELS_SUFFIX, SHARDS_META, prepare_output, save_npy_atomic, smallest_uint_dtype,
+                                  write_json_atomic)
+    from vcq.train import finish_distributed, init_distributed
+
+    joined = not dist.is_initialized()
+    info = init_distributed(device)
+    try:
+        p = Path(out)
+        target = p.with_suffix("") if p.suffix == ".npy" else p
+        model = load_tokenizer(ckpt, info.device)
+        cfg = model.cfg
+        _check_expected(ckpt, config, expect)
+        spec, images = _dump_images(config, cfg, data, split)
+        if info.main:
+            prepare_output(target, "dir")
+            for old in [*target.glob("shard-*.npy"), target / SHARDS_META]:  # from an earlier dump
+                old.unlink(missing_ok=True)
+        dist.barrier()
+        rows = shard_rows(len(images), info.world, info.rank)
+        tokens = tokenize_images(model, images, batch_size, info.device, progress and info.main, rows)
+        sched = schedule_of(cfg)
+        name = f"shard-{info.rank:05d}"
+        save_npy_atomic(target / f"{name}.npy", tokens.astype(smallest_uint_dtype(max(sched.K) - 1)))
+        y = images.label_array() if labels else None
+        if y is not None:
+            y = np.asarray(y)[rows.start:rows.stop]
+            save_npy_atomic(target / f"{name}{LABELS_SUFFIX}", y.astype(smallest_uint_dtype(int(y.max(initial=0)))))
+        dist.barrier()
+        if info.main:
+            write_json_atomic(target / SHARDS_META, {"N": len(images), "L": cfg.num_latent, "schedule": sched.to_dict(),
+                                                    "K": [int(k) for k in sched.K],
+                                                    "source": {**_dump_source(ckpt, config, spec, split, cfg),
+                                                               "shards": info.world}})
+        dist.barrier()
+        return target
+    finally:
+        if joined:
+            finish_distributed()
 

@@ -12,8 +12,16 @@ metrics)``. The loop does everything else:
 - AdamW with weight decay on weight matrices only (``ndim < 2`` — biases, norm gains — and the
   names a task lists in ``no_decay`` are excluded); learning rate ``lr × lr_factor(step)``: linear
   warmup over ``warmup_steps`` then linear decay to ``min_lr`` at ``steps`` (:func:`lr_at`).
+- batches come from a :class:`torch.utils.data.DataLoader` over steps (:func:`step_loader`;
+  ``workers`` processes, pinned memory on CUDA); ``grad_accum`` micro-batches of ``batch_size``
+  make one optimizer step (gradients of the mean loss over the step's rows; DDP synchronises on the
+  last micro-batch only). The loop synchronises with the device only at logging and checkpoint
+  steps (metrics stay tensors until then; a non-finite loss is caught there, before any checkpoint).
 - optional gradient clipping (global norm per optimizer), bf16 autocast on CUDA, DDP under
   ``torchrun`` (NCCL on GPUs, gloo on CPU), rank 0 alone writes files.
+- randomness: the models are built from the same seed on every rank; then each rank reseeds with
+  :func:`rank_seed` (so dropout and label-dropout masks differ across ranks) and its RNG states go
+  into ``train_state.pt``. Logged metrics are means over all ranks (:func:`all_reduce_mean`).
 - run directory: ``config.json`` (the resolved config), ``model.safetensors`` (the task's main
   module, ``models["model"]``), ``train_state.pt`` (every module, optimizer states, RNG states of
   every rank, step, world size), ``metrics.jsonl`` (one JSON object per logged step) and
@@ -54,7 +62,12 @@ from vcq.presets import TrainConfig, to_dict
 MAIN = "model"
 STATE_FILE, WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE = "train_state.pt", "model.safetensors", "config.json", "metrics.jsonl"
 # settings that may change between a run and its resumption without changing the result
-RESUME_FREE = ("ckpt_every", "log_every", "preview_every")
+RESUME_FREE = ("ckpt_every", "log_every", "preview_every", "workers")
+# fields added after runs were saved without them: a saved config lacking one means this value
+ADDED_DEFAULTS = {"grad_accum": 1, "deterministic": False, "workers": 0}
+# seconds a collective may wait (default NCCL: 10 min): rank 0 alone writes checkpoints (an XL
+# train_state.pt is about 11 GB) while the others wait at the checkpoint barrier
+DIST_TIMEOUT_S = int(os.environ.get("VCQ_DIST_TIMEOUT_S", "7200"))
 
 
 class TrainData(Protocol):
@@ -74,19 +87,25 @@ class Task:
 
     ``models``: named modules, ``"model"`` first (the one exported to ``model.safetensors``);
     every module with trainable parameters gets its own AdamW optimizer.
+    ``aux``: modules the task uses but never trains or saves (e.g. a frozen LPIPS network); they
+    move to the training device with ``models`` (:func:`task_modules`). A task must reach every
+    module it calls through one of the two, or it stays behind on the CPU.
     ``no_decay``: substrings of parameter names excluded from weight decay (besides ``ndim < 2``).
     """
 
     models: dict[str, nn.Module]
+    aux: dict[str, nn.Module] = {}
     no_decay: tuple[str, ...] = ()
 
     def lr_scale(self, name: str) -> float:
         """Learning-rate multiplier of module ``name``'s optimizer."""
         return 1.0
 
-    def step(self, models: dict[str, nn.Module], batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """One training step's total loss and scalar metrics. ``models`` are the (possibly
-        DDP-wrapped) modules to call for anything that must be gradient-synchronised."""
+    def step(self, models: dict[str, nn.Module], batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        """One (micro-)batch's total loss (a mean over its rows) and scalar metrics: 0-d tensors
+        (no host synchronisation; the loop reads them at logging steps only) or floats. ``models``
+        are the (possibly DDP-wrapped) modules to call for anything that must be
+        gradient-synchronised."""
         raise NotImplementedError
 
     def after_step(self, step: int) -> dict[str, float]:
@@ -94,12 +113,21 @@ class Task:
         return {}
 
     def log_metrics(self) -> dict[str, float]:
-        """Extra metrics at logging steps (rank 0), e.g. codebook usage."""
+        """Extra metrics at logging steps, e.g. codebook usage; called on every rank (it may use
+        collectives) and averaged over them."""
         return {}
 
     def preview(self, batch: dict[str, torch.Tensor]) -> np.ndarray | None:
         """A uint8 (H, W, 3) picture for ``preview_<step>.png``, or None."""
         return None
+
+
+def task_modules(task: Task) -> dict[str, nn.Module]:
+    """Every module of ``task`` the loop moves to the device: ``models`` and ``aux``."""
+    clash = set(task.models) & set(task.aux)
+    if clash:
+        raise EntropyCliffError(f"module name {sorted(clash)[0]!r} is both in a task's models and its aux")
+    return {**task.models, **task.aux}
 
 
 @dataclass(frozen=True)
@@ -128,30 +156,96 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s training randomness (dropout, token and class dropout masks):
+    ``SeedSequence([seed, rank, 1])``, so ranks draw different masks and no rank repeats the
+    model-initialisation stream of ``seed``."""
+    return int(np.random.SeedSequence([seed, rank, 1]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def all_reduce_mean(values: dict[str, Any], world: int) -> dict[str, float]:
+    """Scalar metrics (floats or 0-d tensors) as floats: averaged over the ``world`` ranks when
+    ``world > 1`` (one all-reduce, every rank must call it with the same keys), in one host sync."""
+    if not values:
+        return {}
+    keys = sorted(values)
+    dev = next((v.device for v in values.values() if isinstance(v, torch.Tensor)), torch.device("cpu"))
+    vec = torch.stack([torch.as_tensor(values[k], dtype=torch.float64, device=dev).detach().reshape(()) for k in keys])
+    if world > 1:
+        if dist.get_backend() == "nccl" and vec.device.type != "cuda":
+            vec = vec.cuda()
+        dist.all_reduce(vec)
+        vec /= world
+    return dict(zip(keys, vec.tolist()))
+
+
+def resolve_device(device: str | torch.device | None, local_rank: int = 0) -> torch.device:
+    """``device`` checked (``cuda`` alone means ``cuda:local_rank``), or by default
+    ``cuda:local_rank`` when CUDA is present, else the CPU."""
+    if device is None:
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise EntropyCliffError(f"device = {device!r} is not a device (cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EntropyCliffError(f"device = {device!r} requested but no CUDA device is available")
+    return torch.device(f"cuda:{local_rank}") if dev.type == "cuda" and dev.index is None else dev
+
+
 def init_distributed(device: str | None = None) -> DistInfo:
     """Join the process group ``torchrun`` describes (RANK, WORLD_SIZE, LOCAL_RANK), if any.
 
     Device: ``device`` when given, else ``cuda:LOCAL_RANK`` when CUDA is present, else CPU.
-    Backend: NCCL on CUDA, gloo on CPU.
+    Backend: NCCL on CUDA, gloo on CPU; collectives time out after :data:`DIST_TIMEOUT_S` seconds
+    (environment ``VCQ_DIST_TIMEOUT_S``, default 2 h) so the checkpoint barrier outlasts rank 0
+    writing a large checkpoint.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        dev = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    else:
-        dev = torch.device(device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise EntropyCliffError("--device cuda requested but no CUDA device is available")
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device(f"cuda:{local}")
+    dev = resolve_device(device, local)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        import datetime
+
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(seconds=DIST_TIMEOUT_S))
     return DistInfo(rank, world, local, dev)
 
 
-POSITIVE_FIELDS = ("steps", "batch_size", "ckpt_every", "log_every", "preview_every")
+POSITIVE_FIELDS = ("steps", "batch_size", "grad_accum", "ckpt_every", "log_every", "preview_every")
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a ``torchrun`` job (``RANK``), or a single process; true before and after the
+    process group exists."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def finish_distributed() -> None:
+    """Leave the process group (``destroy_process_group``) when one was joined."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(on: bool) -> Iterator[None]:
+    """With ``on``: ``torch.use_deterministic_algorithms(True)``, cuDNN autotuning off, and
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (unless set; cuBLAS reads it when CUDA starts, so set it in
+    the environment for jobs that touch CUDA earlier). Restores the previous settings on exit."""
+    if not on:
+        yield
+        return
+    prev = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev[0])
+        torch.backends.cudnn.benchmark = prev[1]
 
 
 def check_train_config(cfg: TrainConfig) -> None:
@@ -164,7 +258,7 @@ def check_train_config(cfg: TrainConfig) -> None:
             raise EntropyCliffError(f"{k} must be a finite number, got {getattr(cfg, k)}")
     if not cfg.lr > 0:
         raise EntropyCliffError(f"lr must be > 0, got {cfg.lr}")
-    for k in ("min_lr", "warmup_steps", "weight_decay"):
+    for k in ("min_lr", "warmup_steps", "weight_decay", "workers"):
         if getattr(cfg, k) < 0:
             raise EntropyCliffError(f"{k} must be >= 0, got {getattr(cfg, k)}")
     if cfg.grad_clip is not None and not cfg.grad_clip >= 0:
@@ -250,7 +344,7 @@ def _config_diff(saved: dict[str, Any], new: dict[str, Any], prefix: str = "") -
     keys = sorted(set(saved) | set(new))
     out = []
     for k in keys:
-        a, b = saved.get(k), new.get(k)
+        a, b = saved.get(k, ADDED_DEFAULTS.get(k)), new.get(k, ADDED_DEFAULTS.get(k))
         if isinstance(a, dict) and isinstance(b, dict):
             out += _config_diff(a, b, f"{prefix}{k}.")
         elif a != b and k not in RESUME_FREE:
@@ -293,6 +387,55 @@ def _load_state(path: Path) -> dict[str, Any]:
     if not isinstance(st, dict) or not {"step", "models", "optimizers", "rng", "world"} <= set(st):
         raise EntropyCliffError(f"{path}: not a training state file")
     return st
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item i: the per-process batch of optimizer step ``first + i`` (``rows`` dataset positions from
+    :func:`batch_indices`, augmentation generator ``default_rng([seed, step, rank])``) as tensors,
+    so a :class:`torch.utils.data.DataLoader` with workers prepares the batches of the steps ahead."""
+
+    def __init__(self, data: TrainData, rows: int, world: int, rank: int, seed: int, first: int, last: int) -> None:
+        self.data, self.rows, self.world, self.rank, self.seed = data, rows, world, rank, seed
+        self.first, self.last, self.n = first, last, len(data)
+
+    def __len__(self) -> int:
+        return max(0, self.last - self.first)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        step = self.first + i
+        idx = batch_indices(step, self.n, self.rows, self.world, self.rank, self.seed)
+        batch = self.data.batch(idx, np.random.default_rng([self.seed, step, self.rank]))
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+
+
+def step_loader(data: TrainData, cfg: TrainConfig, info: DistInfo, first: int, last: int) -> torch.utils.data.DataLoader:
+    """The batches of steps ``first..last-1`` in order: ``cfg.workers`` worker processes (0: in this
+    process), pinned host memory when training on CUDA."""
+    ds = StepBatches(data, cfg.batch_size * cfg.grad_accum, info.world, info.rank, cfg.seed, first, last)
+    # its own generator: a DataLoader draws its worker base seed from the global torch RNG otherwise,
+    # which would shift the dropout stream of a resumed run (batches never use torch's RNG)
+    return torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=cfg.workers,
+                                       pin_memory=info.device.type == "cuda",
+                                       prefetch_factor=4 if cfg.workers else None,
+                                       generator=torch.Generator().manual_seed(cfg.seed))
+
+
+def micro_batches(batch: dict[str, Any], size: int) -> list[dict[str, Any]]:
+    """``batch`` cut into consecutive micro-batches of ``size`` rows (tensors; other values are
+    shared)."""
+    rows = next(len(v) for v in batch.values() if isinstance(v, torch.Tensor))
+    return [{k: v[s:s + size] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            for s in range(0, rows, size)]
+
+
+def no_sync(models: dict[str, nn.Module], skip: bool) -> contextlib.AbstractContextManager:
+    """DDP's ``no_sync`` on every wrapped module when ``skip`` (an accumulation micro-batch)."""
+    stack = contextlib.ExitStack()
+    if skip:
+        for m in models.values():
+            if isinstance(m, nn.parallel.DistributedDataParallel):
+                stack.enter_context(m.no_sync())
+    return stack
 
 
 def save_weights(path: Path, model: nn.Module, step: int) -> None:
@@ -346,9 +489,11 @@ def train(
             raise EntropyCliffError(f"{out}: trained on {saved['world']} processes, resuming on {info.world} "
                                     "would change the data order")
     n = len(data)
-    batch_indices(0, n, cfg.batch_size, info.world, info.rank, cfg.seed)  # fails early if too small
+    batch_indices(0, n, cfg.batch_size * cfg.grad_accum, info.world, info.rank, cfg.seed)  # fails early if too small
 
-    raw = {k: m.to(info.device) for k, m in task.models.items()}
+    for m in task_modules(task).values():
+        m.to(info.device)
+    raw = dict(task.models)
     trainable = [k for k, m in raw.items() if any(p.requires_grad for p in m.parameters())]
     opts = {
         k: torch.optim.AdamW(param_groups(raw[k], cfg.weight_decay, task.no_decay), lr=cfg.lr * task.lr_scale(k),
@@ -373,7 +518,9 @@ def train(
         (out / METRICS_FILE).unlink(missing_ok=True)  # rows of an earlier run that never checkpointed
     models: dict[str, nn.Module] = dict(raw)
     if info.world > 1:
-        models = {k: nn.parallel.DistributedDataParallel(m, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+        # buffers are constants (K, RoPE tables) or kept equal by the tasks (all-reduced usage EMA)
+        models = {k: nn.parallel.DistributedDataParallel(m, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+                                                         broadcast_buffers=False)
                   if k in trainable else m for k, m in raw.items()}
     end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
     preview = _to_device(preview_data, info.device) if preview_data is not None else None
@@ -396,43 +543,59 @@ def train(
             dist.barrier()
         saved_step = step
 
+    if not resume:
+        seed_everything(rank_seed(cfg.seed, info.rank))
     for m in raw.values():
         m.train()
     metrics: dict[str, float] = {}
     t0, s0, rate = time.perf_counter(), step, float("nan")
     saved_step = step if resume else None  # the step a --resume would continue from
+    checked = step  # losses are finite up to here
+    nonfinite = torch.zeros((), dtype=torch.bool, device=info.device)
     with (open(out / METRICS_FILE, "a") if info.main else contextlib.nullcontext()) as mfile, \
-            Progress(cfg.steps, initial=step, desc="train", unit="step", quiet=quiet or not info.main) as bar:
+            Progress(cfg.steps, initial=step, desc="train", unit="step", quiet=quiet or not info.main) as bar, \
+            deterministic_algorithms(cfg.deterministic):
         try:
-            while step < end:
-                idx = batch_indices(step, n, cfg.batch_size, info.world, info.rank, cfg.seed)
-                batch = _to_device(data.batch(idx, np.random.default_rng([cfg.seed, step, info.rank])), info.device)
+            for batch in step_loader(data, cfg, info, step, end):
+                batch = _to_device(batch, info.device)
                 lr_f = lr_at(step, cfg) / cfg.lr
                 for o in opts.values():
                     for g in o.param_groups:
                         g["lr"] = g["base_lr"] * lr_f
                     o.zero_grad(set_to_none=True)
-                with autocast(info.device, cfg.bf16):
-                    loss, metrics = task.step(models, batch, step)
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise EntropyCliffError(f"loss became {loss_value} at step {step}; lower the learning rate")
-                loss.backward()
+                step_metrics: dict[str, Any] = {}
+                micro = micro_batches(batch, cfg.batch_size)
+                for i, mb in enumerate(micro):
+                    with no_sync(models, i < len(micro) - 1):
+                        with autocast(info.device, cfg.bf16):
+                            loss, m = task.step(models, mb, step)
+                        (loss / len(micro)).backward()
+                    for k, v in {"loss": loss, **m}.items():
+                        v = v.detach() if isinstance(v, torch.Tensor) else v
+                        step_metrics[k] = step_metrics.get(k, 0.0) + v / len(micro)
+                nonfinite |= ~torch.isfinite(step_metrics["loss"])
                 for k, o in opts.items():
                     if cfg.grad_clip:
-                        metrics[f"grad_norm_{k}"] = float(nn.utils.clip_grad_norm_(raw[k].parameters(), cfg.grad_clip))
+                        step_metrics[f"grad_norm_{k}"] = nn.utils.clip_grad_norm_(raw[k].parameters(), cfg.grad_clip)
                     o.step()
-                metrics.update(task.after_step(step))
+                step_metrics.update(task.after_step(step))
                 step += 1
                 bar.update(1)
-                if info.main and (step % cfg.log_every == 0 or step == end):
+                logging, saving = step % cfg.log_every == 0 or step == end, step % cfg.ckpt_every == 0 or step == end
+                if logging or saving:  # the only host synchronisations of the loop
+                    if bool(nonfinite):
+                        raise EntropyCliffError(f"loss became non-finite between steps {checked + 1} and {step}; "
+                                                "lower the learning rate")
+                    checked = step
+                if logging:
+                    metrics = all_reduce_mean({**step_metrics, **task.log_metrics()}, info.world)
                     rate = (step - s0) / max(time.perf_counter() - t0, 1e-9)
-                    row = {"step": step, "lr": lr_at(step - 1, cfg), "loss": loss_value, **metrics,
-                           **task.log_metrics(), "steps_per_s": rate}
-                    mfile.write(json.dumps(row) + "\n")
-                    mfile.flush()
-                    bar.postfix(loss=f"{loss_value:.4f}")
-                if step % cfg.ckpt_every == 0 or step == end:
+                    if info.main:
+                        mfile.write(json.dumps({"step": step, "lr": lr_at(step - 1, cfg), **metrics,
+                                                "steps_per_s": rate}) + "\n")
+                        mfile.flush()
+                        bar.postfix(loss=f"{metrics['loss']:.4f}")
+                if saving:
                     checkpoint()
                 if info.main and preview is not None and (step % cfg.preview_every == 0 or step == end):
                     img = task.preview(preview)
@@ -442,7 +605,7 @@ def train(
             raise KeyboardInterrupt(interrupt_message(out, step, saved_step)) from None
     if info.main and step == cfg.steps:
         say(f"trained {step} steps -> {out}")
-    return TrainResult(step, {"loss": loss_value, **metrics} if s0 < end else {}, rate)
+    return TrainResult(step, metrics if s0 < end else {}, rate)
 
 
 def interrupt_message(out: Path, step: int, saved_step: int | None) -> str:

@@ -25,11 +25,11 @@ import torch
 from torch import nn
 
 from entropy_cliff.errors import EntropyCliffError
-from entropy_cliff.io import labels_path, load_tokens, read_sidecar, write_json_atomic
+from entropy_cliff.io import labels_path, read_sidecar, write_json_atomic
 from vcq.ar import ARTransformer, next_token_loss
 from vcq.data import VAL_FRACTION
 from vcq.presets import ARConfig, TrainConfig, from_dict, to_dict
-from vcq.train import MAIN, WEIGHTS_FILE, Task, TrainResult, read_config, train
+from vcq.train import MAIN, WEIGHTS_FILE, Task, TrainResult, is_main_process, read_config, train
 
 NLL_FILE = "nll.json"
 
@@ -54,6 +54,11 @@ def load_labels(path: str | Path, n: int) -> np.ndarray:
         y = np.load(p, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise EntropyCliffError(f"{p}: not a readable .npy array ({str(e).splitlines()[0]})") from None
+    return check_label_array(y, n, p)
+
+
+def check_label_array(y: np.ndarray, n: int, p: str | Path) -> np.ndarray:
+    """``y`` as int64 labels of ``n`` rows (``p`` names their source in errors)."""
     if y.ndim != 1 or y.dtype.kind not in "iu":
         raise EntropyCliffError(f"{p}: labels must be a 1-D integer array, got {y.dtype} of shape {y.shape}")
     if len(y) != n:
@@ -64,18 +69,30 @@ def load_labels(path: str | Path, n: int) -> np.ndarray:
 
 
 def load_token_dump(tokens_path: str | Path, labels: str | Path | None = None) -> TokenDump:
-    """Read and cross-check a dump written by ``vcq dump-tokens`` (labels default to
-    :func:`entropy_cliff.io.labels_path`: ``NAME.labels.npy``, else the older ``DIR/labels.npy``)."""
-    tokens = load_tokens(tokens_path)
-    meta = read_sidecar(tokens_path)
+    """Read and cross-check a dump written by ``vcq dump-tokens`` (or ``entropy-cliff convert``): a file
+    ``NAME.npy`` or a sharded directory ``NAME/`` (:func:`entropy_cliff.formats.read_corpus`), its sidecar
+    (``NAME.meta.json`` / ``NAME/meta.json``) and its labels (``labels``, else ``NAME.labels.npy``, the
+    older ``DIR/labels.npy``, or the shards' ``shard-*.labels.npy``)."""
+    from entropy_cliff.formats import read_corpus
+
+    corpus = read_corpus(tokens_path, progress=False)
+    if corpus.info["format"] not in ("npy", "shards"):
+        raise EntropyCliffError(f"{tokens_path}: a {corpus.info['format']} input; write a dump first "
+                                "(vcq dump-tokens, or entropy-cliff convert)")
+    tokens = np.concatenate(corpus.tokens) if isinstance(corpus.tokens, list) else np.asarray(corpus.tokens)
+    meta = read_sidecar(tokens_path, tokens.shape)
     if meta is None:
         raise EntropyCliffError(f"{tokens_path}: no sidecar with the codebook sizes K_t (write dumps with vcq dump-tokens)")
     K = tuple(int(k) for k in meta["K"])
-    if len(K) != tokens.shape[1]:
-        raise EntropyCliffError(f"{tokens_path}: sidecar lists {len(K)} codebook sizes for L = {tokens.shape[1]}")
     check_tokens_fit(tokens, K, str(tokens_path))
-    lp = Path(labels) if labels is not None else labels_path(tokens_path)
-    return TokenDump(np.asarray(tokens), load_labels(lp, len(tokens)), K, meta.get("schedule"), str(tokens_path))
+    if labels is not None:
+        y = load_labels(labels, len(tokens))
+    elif corpus.labels is None:
+        raise EntropyCliffError(f"{tokens_path}: no labels ({labels_path(tokens_path).name} or shard-*.labels.npy); "
+                                "give the labels file")
+    else:
+        y = check_label_array(corpus.labels, len(tokens), tokens_path)
+    return TokenDump(tokens, y, K, meta.get("schedule"), str(tokens_path))
 
 
 def check_tokens_fit(tokens: np.ndarray, K: tuple[int, ...] | list[int], name: str) -> None:
@@ -160,7 +177,7 @@ class ARTask(Task):
         tokens, labels = batch["tokens"], batch["labels"]
         logits = models[MAIN](tokens[:, :-1], labels)
         loss = next_token_loss(logits, tokens)
-        return loss, {"train_bits_per_token": loss.item() / math.log(2)}
+        return loss, {"train_bits_per_token": loss.detach() / math.log(2)}
 
     def log_metrics(self) -> dict[str, float]:
         if self.val is None:
@@ -227,7 +244,8 @@ def train_ar(config: dict[str, Any], out_dir: str | Path, *, resume: bool = Fals
              quiet: bool = False, device: str | None = None,
              log: Callable[[str], None] | None = None) -> tuple[TrainResult, dict[str, Any]]:
     """Train the AR model described by :func:`run_config` output; returns the loop's result and
-    the per-position NLL summary written to ``nll.json``.
+    the per-position NLL summary written to ``nll.json`` (under ``torchrun`` only rank 0 computes
+    it; the other ranks return an empty dict).
 
     ``config["data"]`` is a :class:`TokenDataSpec`.
     """
@@ -246,6 +264,8 @@ def train_ar(config: dict[str, Any], out_dir: str | Path, *, resume: bool = Fals
     task = ARTask(model, va)
     result = train(task, tr, train_cfg, out_dir, config=config, resume=resume, stop_at=stop_at, quiet=quiet,
                    device=device, log=log)
+    if not is_main_process():  # rank 0 alone measures H_t and the NLL and writes nll.json
+        return result, {}
     limit = spec.nll_rows
     train_nll = nll_per_position(model, tr.tokens[:limit], tr.labels[:limit])
     summary: dict[str, Any] = {"step": result.step, "train_rows": min(limit, len(tr)),
@@ -256,13 +276,8 @@ def train_ar(config: dict[str, Any], out_dir: str | Path, *, resume: bool = Fals
         val_nll = nll_per_position(model, va.tokens[:limit], va.labels[:limit])
         summary.update(val_rows=min(limit, len(va)), val_bits_per_token=float(val_nll.mean()),
                        val_nll_bits=[float(v) for v in val_nll])
-    if _is_main_process():
-        write_json_atomic(Path(out_dir) / NLL_FILE, summary)
+    write_json_atomic(Path(out_dir) / NLL_FILE, summary)
     return result, summary
-
-
-def _is_main_process() -> bool:
-    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
 
 
 def load_ar(run_dir: str | Path, device: str | torch.device = "cpu") -> ARTransformer:

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vcq.data import DataSpec
-from vcq.images import rows_grid, to_tensor, to_uint8, to_unit_range
+from vcq.images import quantize_uint8, rows_grid, to_tensor, to_uint8, to_unit_range
 from vcq.losses import PatchDiscriminator, hinge_d_loss, hinge_g_loss, load_lpips
-from vcq.metrics import mean_psnr
+from vcq.metrics import mean_psnr, mean_psnr_tensor
 from vcq.presets import TokenizerConfig, TrainConfig, from_dict, to_dict
 from vcq.tokenizer import Tokenizer1D
 from vcq.train import MAIN, Task, TrainResult, check_run_dir, check_train_config, frozen, seed_everything, train
@@ -39,6 +39,7 @@ class TokenizerTask(Task):
                  val_images: np.ndarray | None = None) -> None:
         self.cfg = model.cfg
         self.models = {MAIN: model} if disc is None else {MAIN: model, "disc": disc}
+        self.aux = {} if lpips is None else {"lpips": lpips}
         self.model, self.disc, self.lpips = model, disc, lpips
         self.val_images = val_images
 
@@ -50,19 +51,19 @@ class TokenizerTask(Task):
         l1 = (recon - x).abs().mean()
         mse = F.mse_loss(recon, x)
         loss = c.w_l1 * l1 + c.w_mse * mse + c.w_commit * out.quant.loss
-        m = {"l1": l1.item(), "mse": mse.item(), "vq": out.quant.loss.item(), "commit": out.quant.commit_loss.item(),
-             "psnr": mean_psnr(to_uint8(x), to_uint8(recon))}
+        m = {"l1": l1.detach(), "mse": mse.detach(), "vq": out.quant.loss.detach(),
+             "commit": out.quant.commit_loss.detach(), "psnr": mean_psnr_tensor(quantize_uint8(x), quantize_uint8(recon))}
         if self.lpips is not None and c.w_lpips > 0:
             lp = self.lpips(recon, x)
             loss = loss + c.w_lpips * lp
-            m["lpips"] = lp.item()
+            m["lpips"] = lp.detach()
         if self.disc is not None and step >= c.disc_start:
             with frozen(self.disc):
                 g = hinge_g_loss(self.disc(recon))
             real, fake = models["disc"](torch.cat([x, recon.detach()])).float().chunk(2)
             d = hinge_d_loss(real, fake)
             loss = loss + c.w_adv * g + c.w_disc * d
-            m.update(g_adv=g.item(), d_loss=d.item())
+            m.update(g_adv=g.detach(), d_loss=d.detach())
         return loss, m
 
     def after_step(self, step: int) -> dict[str, float]:
@@ -72,6 +73,7 @@ class TokenizerTask(Task):
     def log_metrics(self) -> dict[str, float]:
         q = self.model.quantizer
         out = {}
+        q.all_reduce_usage()
         if q.counts is not None:
             u = q.usage_stats()
             q.reset_usage()
