@@ -219,11 +219,11 @@ def _level_sums(p, rows, T, seed, B, table):
     return A, f1, W
 
 
-def prefix_group_sums(parts: list[np.ndarray], first_row: int, T: int, bootstrap: int, seed: int):
-    """``(A, f1, W)`` of :func:`_level_sums` for the rows of ``parts`` (global indices ``first_row`` on),
-    prefix lengths 0..T (``T >= 1``): the statistics of this module over any set of rows."""
+def prefix_group_sums(parts: list[np.ndarray], rows: np.ndarray, T: int, bootstrap: int, seed: int):
+    """``(A, f1, W)`` of :func:`_level_sums` for the rows of ``parts`` (their global indices ``rows``, in
+    order), prefix lengths 0..T (``T >= 1``): the statistics of this module over any set of rows."""
     order, p = sorted_prefixes(parts, T)
-    return _level_sums(p, order + first_row, T, as_seed(seed), bootstrap, g_table())
+    return _level_sums(p, np.asarray(rows, dtype=np.int64)[order], T, as_seed(seed), bootstrap, g_table())
 
 
 def _conditional(A: np.ndarray, W: int, L: int) -> np.ndarray:
@@ -310,7 +310,7 @@ def population_entropy(
     N, L = sum(P.shape[0] for P in parts), parts[0].shape[1]
     distinct = np.flatnonzero(np.asarray(groups) == N)
     T = int(distinct[0]) + 1 if distinct.size else L
-    A, f1, W = prefix_group_sums(parts, 0, T, bootstrap, seed)
+    A, f1, W = prefix_group_sums(parts, np.arange(N), T, bootstrap, seed)
     return estimate_from_sums(A, f1, W, H_cond, K, confidence=confidence, max_singleton_mass=max_singleton_mass)
 
 
