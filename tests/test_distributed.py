@@ -135,3 +135,27 @@ def test_local_engine_reports_itself_in_json(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["measure", str(tmp_path / "x.npy"), "--format", "json"])
     assert json.loads(capsys.readouterr().out)["engine"]["name"] == "local"
+
+
+def test_cli_bootstrap_on_local_workers_equals_the_local_run(tmp_path, capsys):
+    X = hard_corpus(np.random.default_rng(3), n=900, L=6)
+    d = sharded(tmp_path, X, [300, 301])
+    runs = []
+    for engine in ([], ["--workers", "2"]):
+        with pytest.raises(SystemExit) as e:
+            main(["measure", str(d), "--bootstrap", "20", "--format", "json", *engine])
+        assert e.value.code in (0, None)
+        runs.append(json.loads(capsys.readouterr().out))
+    local, dask = runs
+    assert (local.pop("engine")["name"], dask.pop("engine")["name"]) == ("local", "dask")
+    rows_l, rows_d = local.pop("positions"), dask.pop("positions")
+    assert local == dask and local["population"]["bootstrap"] == 20
+    statuses = [r["pop_status"] for r in rows_l]
+    assert "ok" in statuses and "sparse" in statuses
+    for a, b in zip(rows_l, rows_d, strict=True):
+        assert a.keys() == b.keys()
+        for f, v in a.items():
+            if isinstance(v, float):
+                assert b[f] == pytest.approx(v, abs=1e-9), f
+            else:
+                assert b[f] == v, f
