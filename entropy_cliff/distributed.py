@@ -20,6 +20,12 @@ their first tokens, and our exact Numba kernel runs on each partition:
 4. ``S_l`` and ``G_l`` add over levels and partitions; :func:`entropy_cliff.measure.measurement_from_sums`
    builds the result, identical to the single-machine engine (groups exactly, entropies to
    rounding).
+5. **Bootstrap** (``bootstrap = B``): the population sums of :mod:`entropy_cliff.population`
+   (``A_l = sum_g C_g G(C_g)`` per replicate, ``f1_l``, total weights ``W``) add the same way. Each
+   key carries its rows' weights in every replicate (a row's weight is a function of the seed,
+   the replicate and its global index), so the key tables give them for ``a < l <= e``, a key of
+   one row adds its term to every ``l > e``, and the kernels add theirs for ``l > e``;
+   :func:`entropy_cliff.population.estimate_from_sums` builds the estimate as the local engine does.
 
 Workers read the shards themselves (by path): on a multi-node cluster the dump must sit on a
 filesystem every worker sees.

@@ -20,6 +20,10 @@ estimator's remaining bias and ``sd*`` its spread (``mean*``, ``sd*``: over B ro
 
     [c - z sd*,  c + z sd* + s_t log2 K_t],   c = H_pop - (mean* - H_plug),  z = Phi^-1((1 + level) / 2)
 
+The replicates are Poisson bootstrap resamples: replicate b weights row i (global index over
+all shards) by a Poisson(1) draw that is a hash of ``(seed, b, i)`` (:func:`poisson_weights`) and
+divides by its own total weight ``W^b``, so a resample does not depend on how the rows are split
+over shards or workers, and every engine computes the same interval.
 ``s_t = f1_t / N`` is the fraction of rows whose length-t prefix occurs once (1 - Good–Turing
 coverage): a resample of the sample has no unseen prefixes, so the bootstrap cannot see the
 entropy hidden in them, and the upper end is raised by that mass times the largest entropy a token
@@ -32,8 +36,9 @@ reported (NaN, reason ``"sparse"``). Since ``f1_t <= G_t``, every position with 
 ``N / 10`` distinct prefixes is reported.
 
 **Statistics used**, all sums over prefix groups (so additive over disjoint sets of groups, e.g.
-shards that never split a prefix group): per prefix length t, ``A_t`` (with row weights for each
-bootstrap replicate) and ``f1_t = sum_g [c_g = 1]``.
+the partitions of the Dask engine, which never split a prefix group): per prefix length t, ``A_t``
+(and ``A_t^b`` with each replicate's row weights), ``f1_t = sum_g [c_g = 1]`` and the totals
+``W^b``; :func:`estimate_from_sums` turns them into the estimate, for every engine.
 """
 
 from __future__ import annotations
