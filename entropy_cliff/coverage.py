@@ -134,7 +134,8 @@ def simulate(source: Source, N: int, reps: int, bootstrap: int, seed: int = 0, c
         sums["plugin"] += H
         sums["mm"] += np.diff(estimators.miller_madow(H_prefix, G, N), prepend=0.0)
         well += G < N / 10
-        pop = population_entropy(X, H, G, source.K, bootstrap=bootstrap, confidence=confidence, rng=rng)
+        pop = population_entropy(X, H, G, source.K, bootstrap=bootstrap, confidence=confidence,
+                                 seed=int(rng.integers(2**63)))
         ok = np.isfinite(pop.H_cond_pop)
         n_pop += ok
         sums["pop"] += np.where(ok, pop.H_cond_pop, 0.0)

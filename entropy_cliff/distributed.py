@@ -20,6 +20,12 @@ their first tokens, and our exact Numba kernel runs on each partition:
 4. ``S_l`` and ``G_l`` add over levels and partitions; :func:`entropy_cliff.measure.measurement_from_sums`
    builds the result, identical to the single-machine engine (groups exactly, entropies to
    rounding).
+5. **Bootstrap** (``bootstrap = B``): the population sums of :mod:`entropy_cliff.population`
+   (``A_l = sum_g C_g G(C_g)`` per replicate, ``f1_l``, total weights ``W``) add the same way. Each
+   key carries its rows' weights in every replicate (a row's weight is a function of the seed,
+   the replicate and its global index), so the key tables give them for ``a < l <= e``, a key of
+   one row adds its term to every ``l > e``, and the kernels add theirs for ``l > e``;
+   :func:`entropy_cliff.population.estimate_from_sums` builds the estimate as the local engine does.
 
 Workers read the shards themselves (by path): on a multi-node cluster the dump must sit on a
 filesystem every worker sees.
@@ -36,6 +42,7 @@ import numpy as np
 
 from entropy_cliff import estimators
 from entropy_cliff import measure as M
+from entropy_cliff import population as POP
 from entropy_cliff.errors import EntropyCliffError
 
 #: Seconds to wait for a scheduler to answer and to have at least one worker.
@@ -197,9 +204,19 @@ def _level_keys(corpus: _Corpus, block, K, wins, heavy, j):
     raise AssertionError("unreachable")
 
 
-def _count_items(block, corpus, K, wins, heavy, j, P):
-    _, p, k = _level_keys(corpus, block, K, wins, heavy, j)
-    up, uk, uc, _ = _count(p, k, np.ones(p.size, np.int64))
+def _weights(g: np.ndarray, boot: tuple[int, int]) -> np.ndarray:
+    """(rows, 1 + B): 1, then each row's weight in bootstrap replicate b (``boot = (B, seed)``;
+    :func:`entropy_cliff.population.poisson_weights` of the global row index ``g``)."""
+    B, seed = boot
+    C = np.ones((g.size, 1 + B), np.int64)
+    if B:
+        C[:, 1:] = POP.poisson_weights(POP.as_seed(seed), B, g)
+    return C
+
+
+def _count_items(block, corpus, K, wins, heavy, j, P, boot):
+    g, p, k = _level_keys(corpus, block, K, wins, heavy, j)
+    up, uk, uc, _ = _count(p, k, _weights(g, boot))
     return _split(P, up, uk, uc)
 
 
@@ -209,13 +226,22 @@ def _coarser_items(table, shift, P):
     return _split(P, up, uk, uc)
 
 
-def _table_stats(table, heavy_rows):
-    """``sum c log2 c``, group count, singletons and heavy keys of one merged bucket table."""
-    p, k, c = table
-    up, uk, uc, _ = _count(p, k, c)
+def _population_sums(C: np.ndarray):
+    """Per column of a key table's weights ``C`` (keys, 1 + B): ``sum C G(C)`` over all keys and over
+    the keys of one row, and the total weight (:mod:`entropy_cliff.population`)."""
+    one = C[:, 0] == 1
+    return POP.group_sums(C, POP.g_table()), POP.group_sums(C[one], POP.g_table()), C.sum(axis=0)
+
+
+def _table_stats(table, heavy_rows, pop):
+    """``sum c log2 c``, group count, singletons and heavy keys of one merged bucket table (c: its
+    weights' column 0), with ``pop`` its :func:`_population_sums`."""
+    p, k, C = table
+    up, uk, uC, _ = _count(p, k, C)
+    uc = uC[:, 0]
     big = uc > heavy_rows
     return (float(estimators.xlog2x(uc).sum()), int(uc.size), int((uc == 1).sum()),
-            list(zip(up[big].tolist(), uk[big].tolist())), int(uc[big].sum()))
+            list(zip(up[big].tolist(), uk[big].tolist())), _population_sums(uC) if pop else None)
 
 
 def _row_items(block, corpus, K, wins, heavy, j, P):
@@ -227,16 +253,22 @@ def _row_items(block, corpus, K, wins, heavy, j, P):
     return _split(P, p, k, g)
 
 
-def _kernel_task(corpus: _Corpus, bucket, e, small_group):
-    """``S_l``, ``G_l`` for ``l > e`` over a bucket's non-singleton keys (rows read by index)."""
+def _kernel_task(corpus: _Corpus, bucket, e, small_group, boot):
+    """``S_l``, ``G_l`` for ``l > e`` over a bucket's non-singleton keys (rows read by index), and
+    with a bootstrap (``boot = (B, seed)``, B > 0) the population sums ``A_l``, ``f1_l`` for ``l > e``."""
     p, k, g = bucket
     _, _, c, inv = _count(p, k, np.ones(p.size, np.int64))
     g = np.sort(g[c[inv] > 1])
     L = corpus.L
     if g.size == 0:
-        return np.zeros(L - e), np.zeros(L - e, np.int64), 0
-    S, G, _ = M._prefix_sums(M._integer_corpus(corpus.rows(g)), None, small_group, False)
-    return S[e + 1 :], G[e + 1 :], int(g.size)
+        return np.zeros(L - e), np.zeros(L - e, np.int64), 0, None
+    X = M._integer_corpus(corpus.rows(g))
+    S, G, _ = M._prefix_sums(X, None, small_group, False)
+    pop = None
+    if boot[0]:
+        A, f1, _ = POP.prefix_group_sums(X, g, L, *boot)
+        pop = A[:, e + 1 :], f1[e + 1 :]
+    return S[e + 1 :], G[e + 1 :], int(g.size), pop
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -275,6 +307,9 @@ def measure_distributed(
     small_group: int = M.SMALL_GROUP,
     local_keys: int = LOCAL_KEYS,
     connect_timeout: float | None = None,
+    bootstrap: int = 0,
+    confidence: float = 0.95,
+    seed: int = 0,
 ) -> M.Measurement:
     """Measure a token dump (``.npy`` file or shard directory) on a dask.distributed cluster.
 
@@ -288,8 +323,13 @@ def measure_distributed(
     ``heavy_rows`` (default: a quarter of a partition's fair share, at least 65536) tune the work,
     never the result; so does ``local_keys``: a window's key table with at most that many keys
     is brought to this machine for its coarser prefixes instead of one exchange per position.
-    Bootstrap intervals are not available on this engine.
+    ``bootstrap = B > 0`` adds the population estimate and intervals (``population``) exactly as the
+    local engine does from the same ``seed``: a replicate's row weights depend only on the seed, the
+    replicate and the global row index, and the sums over prefix groups add over keys and partitions.
     """
+    if bootstrap < 0:
+        raise EntropyCliffError(f"bootstrap must be >= 0, got {bootstrap}")
+    POP.check_arguments(confidence, POP.MAX_SINGLETON_MASS, bootstrap)
     corpus = _corpus(source)
     N, L = corpus.starts[-1], corpus.L
     K = M._codebook_sizes(K, L)
@@ -309,7 +349,8 @@ def measure_distributed(
         cap = heavy_rows or max(1 << 16, N // (4 * P))
         engine = {"name": "dask", "workers": n_workers, "scheduler": client.scheduler_info()["address"], "partitions": P,
                   "blocks": len(blocks)}
-        m = _run(client, corpus, blocks, K, P, cap, small_group, local_keys, engine)
+        m = _run(client, corpus, blocks, K, P, cap, small_group, local_keys, engine, (bootstrap, seed),
+                 confidence)
     finally:
         if own:
             client.close()
@@ -326,7 +367,10 @@ def _reduce(client, futures, combine):
     return futures[0].result()
 
 
-def _run(client, corpus, blocks, K, P, cap, small_group, local_keys, engine) -> M.Measurement:
+def _run(client, corpus, blocks, K, P, cap, small_group, local_keys, engine, boot, confidence) -> M.Measurement:
+    """The levels of the module docstring; with ``boot = (B, seed)``, B > 0, the population sums
+    ``A`` (1 + B, L + 1), ``f1`` and the total weights ``W`` ride along: key tables carry each key's
+    weight per replicate, singleton keys add their terms to every longer prefix, kernels add theirs."""
     import dask.bag as db
 
     N, L = corpus.starts[-1], corpus.L
@@ -351,6 +395,10 @@ def _run(client, corpus, blocks, K, P, cap, small_group, local_keys, engine) -> 
     S = np.zeros(L + 1)
     G = np.zeros(L + 1, np.int64)
     S[0], G[0] = (N * math.log2(N), 1)
+    pop = boot[0] > 0
+    A = np.zeros((1 + boot[0], L + 1))
+    f1 = np.zeros(L + 1, np.int64)
+    W = np.zeros(1 + boot[0], np.int64)
     heavy: list[dict] = []
     src = db.from_sequence(blocks, npartitions=len(blocks))
     in_kernels = n_heavy = 0
@@ -359,11 +407,17 @@ def _run(client, corpus, blocks, K, P, cap, small_group, local_keys, engine) -> 
             return bag.groupby(lambda it: it[0], npartitions=P, shuffle="tasks").map(_merge)
 
         tables = client.persist(exchange(src.map(_count_items, corpus=corpus, K=K, wins=wins, heavy=heavy, j=j,
-                                                 P=P).flatten()))
-        stats = client.compute(tables.map(_table_stats, heavy_rows=cap)).result()
+                                                 P=P, boot=boot).flatten()))
+        stats = client.compute(tables.map(_table_stats, heavy_rows=cap, pop=pop)).result()
         S[e] += sum(s[0] for s in stats)
         G[e] += sum(s[1] for s in stats)
         singles = sum(s[2] for s in stats)
+        if pop:
+            A[:, e] += sum(s[4][0] for s in stats)
+            f1[e] += singles
+            single_A = sum(s[4][1] for s in stats)
+            if j == 1:
+                W = sum(s[4][2] for s in stats)
         hv = [key for s in stats for key in s[3]]
         small = sum(s[1] for s in stats) <= local_keys
         if small and e - 1 > a:  # a small key table: the coarser prefixes on this machine
@@ -371,25 +425,43 @@ def _run(client, corpus, blocks, K, P, cap, small_group, local_keys, engine) -> 
         for l in range(e - 1, a, -1):  # coarser prefixes inside the window
             if small:
                 p, k, c, _ = _count(p, k >> _shift_to(K, l, l + 1), c)
-                S[l] += float(estimators.xlog2x(c).sum())
-                G[l] += c.size
+                S[l] += float(estimators.xlog2x(c[:, 0]).sum())
+                G[l] += c.shape[0]
+                if pop:
+                    A[:, l] += _population_sums(c)[0]
+                    f1[l] += int((c[:, 0] == 1).sum())
                 continue
             tables = client.persist(exchange(tables.map(_coarser_items, shift=_shift_to(K, l, l + 1), P=P).flatten()))
-            st = client.compute(tables.map(_table_stats, heavy_rows=cap)).result()
+            st = client.compute(tables.map(_table_stats, heavy_rows=cap, pop=pop)).result()
             S[l] += sum(s[0] for s in st)
             G[l] += sum(s[1] for s in st)
+            if pop:
+                A[:, l] += sum(s[4][0] for s in st)
+                f1[l] += sum(s[2] for s in st)
         if e == L:
             break
         heavy.append({key: i for i, key in enumerate(hv)})
         n_heavy += len(hv)
         G[e + 1 :] += singles
+        if pop:
+            f1[e + 1 :] += singles
+            A[:, e + 1 :] += np.asarray(single_A)[:, None]
         rows = exchange(src.map(_row_items, corpus=corpus, K=K, wins=wins, heavy=heavy, j=j, P=P).flatten())
-        for S_k, G_k, n in client.compute(rows.map(lambda b: _kernel_task(corpus, b, e, small_group))).result():
+        for S_k, G_k, n, pop_k in client.compute(rows.map(lambda b: _kernel_task(corpus, b, e, small_group,
+                                                                                 boot))).result():
             S[e + 1 :] += S_k
             G[e + 1 :] += G_k
             in_kernels += n
+            if pop_k is not None:
+                A[:, e + 1 :] += pop_k[0]
+                f1[e + 1 :] += pop_k[1]
         if not hv:
             break
     M._exact_where_known(S, G, N)
     engine |= {"levels": j, "heavy_groups": n_heavy, "rows_in_kernels": in_kernels}
-    return replace(M.measurement_from_sums(N, K, K_inferred, S, G, H_marginal), engine=engine)
+    m = replace(M.measurement_from_sums(N, K, K_inferred, S, G, H_marginal), engine=engine)
+    if not pop:
+        return m
+    A[:, 0] = POP.group_sums(W[None, :], POP.g_table())  # one group of every row: W G(W)
+    f1[0] = int(N == 1)
+    return replace(m, population=POP.estimate_from_sums(A, f1, W, m.H_cond, K, confidence=confidence))

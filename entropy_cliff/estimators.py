@@ -60,7 +60,7 @@ def basic_interval(estimate: np.ndarray, samples: np.ndarray, confidence: float 
     entropy cliff the replicates sit well below the estimate: the plain percentile interval can then
     exclude the estimate altogether, while the basic interval reflects that bias back (first-order
     bias correction), so it lies near the Miller–Madow value. That correction is far too small
-    where prefixes are rare: as an interval for the source's entropy it covers 0–25 % there (see
+    where prefixes are rare: as an interval for the source's entropy it covers 0–37 % there (see
     ``docs/uncertainty.md``; :mod:`entropy_cliff.population` gives intervals that hold). Kept for
     that comparison. The result has shape ``samples.shape[1:] + (2,)``.
     """

@@ -803,6 +803,6 @@ def measure(
         from entropy_cliff.population import population_entropy  # only with --bootstrap: start-up
 
         population = population_entropy(parts, m.H_cond, m.groups, K, bootstrap=bootstrap, confidence=confidence,
-                                        rng=np.random.default_rng(seed))
+                                        seed=seed)
     return dataclasses.replace(m, population=population,
                                engine={"name": "local", "workers": 1, "threads": nb.get_num_threads()})

@@ -20,6 +20,10 @@ estimator's remaining bias and ``sd*`` its spread (``mean*``, ``sd*``: over B ro
 
     [c - z sd*,  c + z sd* + s_t log2 K_t],   c = H_pop - (mean* - H_plug),  z = Phi^-1((1 + level) / 2)
 
+The replicates are Poisson bootstrap resamples: replicate b weights row i (global index over
+all shards) by a Poisson(1) draw that is a hash of ``(seed, b, i)`` (:func:`poisson_weights`) and
+divides by its own total weight ``W^b``, so a resample does not depend on how the rows are split
+over shards or workers, and every engine computes the same interval.
 ``s_t = f1_t / N`` is the fraction of rows whose length-t prefix occurs once (1 - Good–Turing
 coverage): a resample of the sample has no unseen prefixes, so the bootstrap cannot see the
 entropy hidden in them, and the upper end is raised by that mass times the largest entropy a token
@@ -32,12 +36,14 @@ reported (NaN, reason ``"sparse"``). Since ``f1_t <= G_t``, every position with 
 ``N / 10`` distinct prefixes is reported.
 
 **Statistics used**, all sums over prefix groups (so additive over disjoint sets of groups, e.g.
-shards that never split a prefix group): per prefix length t, ``A_t`` (with row weights for each
-bootstrap replicate) and ``f1_t = sum_g [c_g = 1]``.
+the partitions of the Dask engine, which never split a prefix group): per prefix length t, ``A_t``
+(and ``A_t^b`` with each replicate's row weights), ``f1_t = sum_g [c_g = 1]`` and the totals
+``W^b``; :func:`estimate_from_sums` turns them into the estimate, for every engine.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -97,6 +103,85 @@ def grassberger_g(n: int) -> np.ndarray:
     return np.concatenate(([0.0], g))
 
 
+#: Counts up to this are looked up in :func:`grassberger_g`'s table; larger ones use the asymptotic series.
+G_TABLE = 1 << 16
+
+
+@functools.cache
+def g_table() -> np.ndarray:
+    """``grassberger_g(G_TABLE)``, computed once per process."""
+    return grassberger_g(G_TABLE)
+
+
+@nb.njit(cache=True, nogil=True)
+def _digamma_large(x):
+    """``psi(x) = ln x - 1/(2x) - 1/(12x^2) + 1/(120x^4) - 1/(252x^6) + O(x^-8)`` (x >= G_TABLE / 2:
+    the remainder is below 1e-37)."""
+    r = 1.0 / (x * x)
+    return math.log(x) - 0.5 / x - r * (1.0 / 12 - r * (1.0 / 120 - r / 252))
+
+
+@nb.njit(cache=True, nogil=True)
+def _g(c, table):
+    """``G(c)`` for any count ``c >= 0``: the table below its size, the asymptotic series above."""
+    if c < table.shape[0]:
+        return table[c]
+    sign = 1.0 if c % 2 == 0 else -1.0
+    return _digamma_large(float(c)) + 0.5 * sign * (_digamma_large((c + 1) / 2.0) - _digamma_large(c / 2.0))
+
+
+@nb.njit(cache=True, nogil=True)
+def _mix(z):
+    """splitmix64's finaliser (a bijection of uint64 with full avalanche)."""
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@nb.njit(cache=True, nogil=True)
+def _poisson1(seed, b, i):
+    """Poisson(1) draw number ``(seed, b, i)``: ``u = mix(mix(mix(seed) ^ b) ^ i) / 2^64`` (53 bits)
+    through the inverse CDF ``P(k) = e^-1 / k!`` (capped at 30; P(k > 19) < 2^-53)."""
+    z = _mix(_mix(_mix(seed) ^ np.uint64(b)) ^ np.uint64(i))
+    u = float(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+    k = 0
+    p = math.exp(-1.0)
+    cdf = p
+    while u >= cdf and k < 30:
+        k += 1
+        p /= k
+        cdf += p
+    return k
+
+
+@nb.njit(cache=True, nogil=True)
+def poisson_weights(seed, B, rows):
+    """(n, B) Poisson(1) weights of the rows with global indices ``rows`` in replicates 0..B-1: a function
+    of ``(seed, replicate, row index)`` only, so any split of the rows over shards or workers gets the
+    same resample. ``seed`` is a uint64."""
+    w = np.empty((rows.shape[0], B), np.int64)
+    for k in range(rows.shape[0]):
+        for b in range(B):
+            w[k, b] = _poisson1(seed, b, rows[k])
+    return w
+
+
+def as_seed(seed: int) -> np.uint64:
+    """A user's integer seed as the uint64 key of :func:`poisson_weights`."""
+    return np.uint64(int(seed) & 0xFFFFFFFFFFFFFFFF)
+
+
+@nb.njit(cache=True, nogil=True)
+def group_sums(C, table):
+    """Per column r of the (groups, R) weight table ``C``: ``sum_g C[g, r] G(C[g, r])``."""
+    out = np.zeros(C.shape[1])
+    for i in range(C.shape[0]):
+        for r in range(C.shape[1]):
+            out[r] += C[i, r] * _g(C[i, r], table)
+    return out
+
+
 def sorted_prefixes(parts: list[np.ndarray], T: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows of ``X[:, :T]`` (``T >= 1``; X the corpus whose row blocks are ``parts``, e.g. shards) in
     lexicographic order, and the first mismatching column of neighbours.
@@ -112,31 +197,97 @@ def sorted_prefixes(parts: list[np.ndarray], T: int) -> tuple[np.ndarray, np.nda
 
 
 @nb.njit(cache=True, nogil=True)
-def _level_sums(p, w, T, g):
-    """For prefix lengths t = 0..T: ``A_t = sum_g C_g G(C_g)`` and ``f1_t = #{g : C_g = 1}``, where
-    ``C_g`` is the total weight ``w`` (rows in sorted order) of a group; zero-weight groups vanish."""
-    n = w.shape[0]
-    A = np.zeros(T + 1)
+def _level_sums(p, rows, T, seed, B, table):
+    """For prefix lengths t = 0..T of rows in sorted order (global indices ``rows``, neighbours' first
+    mismatch ``p``): ``A[r, t] = sum_g C_g G(C_g)`` with ``C_g`` a group's total weight (r = 0: unit
+    weights, r = b + 1: replicate b's :func:`poisson_weights`), ``f1_t = #{g : c_g = 1}`` and the
+    total weights ``W[r]``."""
+    n = rows.shape[0]
+    A = np.zeros((B + 1, T + 1))
     f1 = np.zeros(T + 1, np.int64)
-    for t in range(T + 1):
-        c = 0
-        for k in range(n):
-            c += w[k]
-            if k == n - 1 or p[k] < t:
-                A[t] += c * g[c]
-                if c == 1:
-                    f1[t] += 1
-                c = 0
-    return A, f1
+    W = np.zeros(B + 1, np.int64)
+    w = np.ones(n, np.int64)
+    for r in range(B + 1):
+        if r > 0:
+            for k in range(n):
+                w[k] = _poisson1(seed, r - 1, rows[k])
+        W[r] = w.sum()
+        for t in range(T + 1):
+            c = 0
+            for k in range(n):
+                c += w[k]
+                if k == n - 1 or p[k] < t:
+                    A[r, t] += c * _g(c, table)
+                    if r == 0 and c == 1:
+                        f1[t] += 1
+                    c = 0
+    return A, f1, W
+
+
+def prefix_group_sums(parts: list[np.ndarray], rows: np.ndarray, T: int, bootstrap: int, seed: int):
+    """``(A, f1, W)`` of :func:`_level_sums` for the rows of ``parts`` (their global indices ``rows``, in
+    order), prefix lengths 0..T (``T >= 1``): the statistics of this module over any set of rows."""
+    order, p = sorted_prefixes(parts, T)
+    return _level_sums(p, np.asarray(rows, dtype=np.int64)[order], T, as_seed(seed), bootstrap, g_table())
 
 
 def _conditional(A: np.ndarray, W: int, L: int) -> np.ndarray:
-    """``(A_{t-1} - A_t) / (W ln 2)`` for t = 1..L (``W``: total row weight); beyond the sorted
-    columns every prefix is already distinct (A constant), so H = 0 there."""
+    """``(A_{t-1} - A_t) / (W ln 2)`` for t = 1..L (``W``: total row weight); beyond the given
+    prefix lengths every prefix is already distinct (A constant), so H = 0 there."""
     h = np.zeros(L)
-    d = -np.diff(A) / (W * math.log(2))
+    d = -np.diff(A[: L + 1]) / (W * math.log(2))
     h[: d.size] = d
     return h
+
+
+def estimate_from_sums(
+    A: np.ndarray,
+    f1: np.ndarray,
+    W: np.ndarray,
+    H_cond: np.ndarray,
+    K: np.ndarray,
+    *,
+    confidence: float = 0.95,
+    max_singleton_mass: float = MAX_SINGLETON_MASS,
+) -> PopulationEstimate:
+    """The :class:`PopulationEstimate` from the sums over prefix groups (every engine ends here).
+
+    ``A`` (B + 1, T + 1): ``A_t`` for t = 0..T (``T <= L``; beyond it every prefix is distinct), row 0
+    with unit weights, row b + 1 with replicate b's weights; ``f1`` (T + 1): groups of one row;
+    ``W`` (B + 1): total weights (``W[0] = N``). A replicate of total weight 0 (probability ``e^-N``)
+    is left out. ``H_cond``: the plug-in H_t; ``K``: the codebook sizes (length L).
+    """
+    A, W = np.asarray(A, dtype=np.float64), np.asarray(W)
+    B, L, N = A.shape[0] - 1, len(K), int(W[0])
+    T = min(A.shape[1] - 1, L)
+    s = np.ones(L)
+    s[:T] = np.asarray(f1)[1 : T + 1] / N
+    log2_K = np.log2(np.asarray(K, dtype=np.float64))
+    H_pop = np.clip(_conditional(A[0], N, L), 0.0, log2_K)
+    sparse = s > max_singleton_mass
+    H_pop[sparse] = np.nan
+    ci = None
+    if B:
+        reps = np.array([_conditional(A[b], W[b], L) for b in range(1, B + 1) if W[b] > 0]).reshape(-1, L)
+        from statistics import NormalDist  # stdlib, but not free at start-up
+
+        z = NormalDist().inv_cdf((1 + confidence) / 2)
+        centre = H_pop - (reps.mean(axis=0) - H_cond) if len(reps) else np.full(L, np.nan)
+        half = z * reps.std(axis=0, ddof=1) if len(reps) > 1 else np.full(L, np.inf)
+        low = np.clip(centre - half, 0.0, log2_K)
+        high = np.clip(centre + half + s * log2_K, 0.0, log2_K)
+        ci = np.stack([low, high], axis=-1)
+    reason = tuple(SPARSE if sp else (OK if B else NO_BOOTSTRAP) for sp in sparse)
+    return PopulationEstimate(H_cond_pop=H_pop, ci=ci, singleton_mass=s, reason=reason,
+                              max_singleton_mass=max_singleton_mass, bootstrap=B, confidence=confidence)
+
+
+def check_arguments(confidence: float, max_singleton_mass: float, bootstrap: int) -> None:
+    """Refuse a level outside (0, 1) (with a bootstrap) or a threshold outside [0, 1]."""
+    if not 0.0 <= max_singleton_mass <= 1.0:
+        raise EntropyCliffError(f"max_singleton_mass must lie in [0, 1], got {max_singleton_mass}")
+    if bootstrap:
+        estimators.basic_interval(np.zeros(1), np.zeros((1, 1)), confidence)  # validates the level
 
 
 def population_entropy(
@@ -147,7 +298,7 @@ def population_entropy(
     *,
     bootstrap: int = 0,
     confidence: float = 0.95,
-    rng: np.random.Generator | None = None,
+    seed: int = 0,
     max_singleton_mass: float = MAX_SINGLETON_MASS,
 ) -> PopulationEstimate:
     """Population ``H_t`` estimate and intervals (module docstring) for an (N, L) corpus ``X``: one
@@ -155,45 +306,17 @@ def population_entropy(
 
     ``H_cond`` and ``groups`` are the exact plug-in ``H_t`` and ``G_t`` of
     :func:`entropy_cliff.measure.measure`; ``K`` the codebook sizes. Columns past the first t with
-    ``G_t = N`` are never read (every later prefix is distinct, hence ``s_t = 1``).
+    ``G_t = N`` are never read (every later prefix is distinct, hence ``s_t = 1``). Replicate b
+    weights row i by :func:`poisson_weights` ``(seed, b, i)``, so the result does not depend on
+    how the rows are split.
     """
-    if not 0.0 <= max_singleton_mass <= 1.0:
-        raise EntropyCliffError(f"max_singleton_mass must lie in [0, 1], got {max_singleton_mass}")
-    if bootstrap:
-        estimators.basic_interval(np.zeros(1), np.zeros((1, 1)), confidence)  # validates the level
+    check_arguments(confidence, max_singleton_mass, bootstrap)
     parts = X if isinstance(X, list) else [X]
     N, L = sum(P.shape[0] for P in parts), parts[0].shape[1]
     distinct = np.flatnonzero(np.asarray(groups) == N)
     T = int(distinct[0]) + 1 if distinct.size else L
-    order, p = sorted_prefixes(parts, T)
-    g = grassberger_g(N)
-    A, f1 = _level_sums(p, np.ones(N, np.int64), T, g)
-    s = np.ones(L)
-    s[:T] = f1[1:] / N
-    log2_K = np.log2(np.asarray(K, dtype=np.float64))
-    H_pop = np.clip(_conditional(A, N, L), 0.0, log2_K)
-    sparse = s > max_singleton_mass
-    H_pop[sparse] = np.nan
-    ci = None
-    if bootstrap:
-        if rng is None:
-            rng = np.random.default_rng()
-        reps = np.empty((bootstrap, L))
-        for b in range(bootstrap):
-            w = estimators.bootstrap_weights(rng, N)[order]
-            A_b, _ = _level_sums(p, w, T, g)
-            reps[b] = _conditional(A_b, int(w.sum()), L)
-        from statistics import NormalDist  # stdlib, but not free at start-up
-
-        z = NormalDist().inv_cdf((1 + confidence) / 2)
-        centre = H_pop - (reps.mean(axis=0) - H_cond)
-        half = z * reps.std(axis=0, ddof=1) if bootstrap > 1 else np.full(L, np.inf)
-        low = np.clip(centre - half, 0.0, log2_K)
-        high = np.clip(centre + half + s * log2_K, 0.0, log2_K)
-        ci = np.stack([low, high], axis=-1)
-    reason = tuple(SPARSE if sp else (OK if bootstrap else NO_BOOTSTRAP) for sp in sparse)
-    return PopulationEstimate(H_cond_pop=H_pop, ci=ci, singleton_mass=s, reason=reason,
-                              max_singleton_mass=max_singleton_mass, bootstrap=bootstrap, confidence=confidence)
+    A, f1, W = prefix_group_sums(parts, np.arange(N), T, bootstrap, seed)
+    return estimate_from_sums(A, f1, W, H_cond, K, confidence=confidence, max_singleton_mass=max_singleton_mass)
 
 
 # ----------------------------------------------------------------------------- report fields

@@ -341,8 +341,9 @@ def measure_corpus(source: str | os.PathLike | np.ndarray, *, schedule: Schedule
     the report's ``input`` field.
 
     K_t: ``schedule`` or uniform ``K``, else the sidecar, else inferred (see :func:`resolve_K`).
-    ``bootstrap = B`` adds basic intervals for H_t at level ``confidence`` (refused at once when it
-    cannot fit: :func:`check_bootstrap_fits`). ``warn_variable`` adds a warning when K_t is inferred
+    ``bootstrap = B`` adds the population estimate of H_t and its intervals at level ``confidence``
+    (refused at once when it cannot fit: :func:`check_bootstrap_fits`), the same on both engines.
+    ``warn_variable`` adds a warning when K_t is inferred
     or constant but the per-position largest token grows with t (:func:`looks_variable`).
     The engine is this process (Numba kernel) unless ``scheduler`` (a dask.distributed address) or
     ``workers`` (a local Dask cluster of that many processes) is given: see
@@ -367,9 +368,8 @@ def measure_corpus(source: str | os.PathLike | np.ndarray, *, schedule: Schedule
         from entropy_cliff.distributed import measure_distributed
         if path is None:
             raise EntropyCliffError("the dask engine measures .npy files or shard directories, not in-memory arrays")
-        if bootstrap:
-            raise EntropyCliffError("bootstrap: not available on the dask engine yet (measure without a scheduler)")
-        m = measure_distributed(path, Kt, scheduler=scheduler, workers=workers)
+        m = measure_distributed(path, Kt, scheduler=scheduler, workers=workers, bootstrap=bootstrap,
+                                confidence=confidence, seed=seed)
     else:
         from entropy_cliff.measure import measure, without_scipy_linalg
         with without_scipy_linalg():

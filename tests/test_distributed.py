@@ -47,17 +47,27 @@ def hard_corpus(rng, n=2400, L=10, alphabet=4, dtype=np.uint8):
     return X[rng.permutation(n)]
 
 
-@pytest.mark.parametrize(("K", "kw"), [
-    (None, {}),  # K inferred, one window (2 bits x 10 positions)
-    ("huge", {"heavy_rows": 40}),  # one position per window: 10 levels of heavy prefixes, kernels run
-    ("uint16", {"heavy_rows": 100, "block_rows": 700, "partitions": 3}),  # 4 positions a window
-    ("tiny", {"local_keys": 0, "partitions": 2}),  # tiny early codebooks: 10 positions in one key,
+def assert_same_population(a, b):
+    pa, pb = a.population, b.population
+    assert pa.reason == pb.reason and pa.bootstrap == pb.bootstrap and pa.confidence == pb.confidence
+    np.testing.assert_array_equal(pa.singleton_mass, pb.singleton_mass)
+    for x, y in ((pa.H_cond_pop, pb.H_cond_pop), (pa.ci, pb.ci)):
+        np.testing.assert_allclose(x, y, rtol=0, atol=1e-9, equal_nan=True)
+
+
+@pytest.mark.parametrize(("K", "kw", "B"), [
+    (None, {}, 0),  # K inferred, one window (2 bits x 10 positions)
+    (None, {}, 9),
+    ("huge", {"heavy_rows": 40}, 6),  # one position per window: 10 levels of heavy prefixes, kernels run
+    ("uint16", {"heavy_rows": 100, "block_rows": 700, "partitions": 3}, 6),  # 4 positions a window
+    ("tiny", {"local_keys": 0, "partitions": 2}, 6),  # tiny early codebooks: 10 positions in one key,
     # an exchange for every prefix length
 ])
-def test_dask_engine_equals_local_kernel(tmp_path, client, K, kw):
+def test_dask_engine_equals_local_kernel(tmp_path, client, K, kw, B):
     rng = np.random.default_rng(7)
     if K == "uint16":
         X = hard_corpus(rng, L=12, alphabet=16384, dtype=np.uint16)
+        X[:, :2] %= 3  # positions 1-2 well sampled, the rest 14-bit tokens
         K = [16384] * 12
     elif K == "tiny":
         K = [2, 2, 3, 4, 8, 16, 64, 256, 1024, 4096]
@@ -68,8 +78,16 @@ def test_dask_engine_equals_local_kernel(tmp_path, client, K, kw):
     else:
         X = hard_corpus(rng)
     d = sharded(tmp_path, X, [500, 501, 1700])
-    m = measure_distributed(d, K, client=client, **kw)
-    assert_same(m, M.measure(X, K))
+    m = measure_distributed(d, K, client=client, bootstrap=B, seed=11, **kw)
+    local = M.measure(X, K, bootstrap=B, seed=11)
+    assert_same(m, local)
+    if B:  # the population columns: the same resamples, the same sums, the same estimate
+        assert_same_population(m, local)
+        pop = m.population.reason
+        assert "ok" in pop and "sparse" in pop  # both kinds of position were compared
+        assert not np.array_equal(m.ci, M.measure(X, K, bootstrap=B, seed=12).ci, equal_nan=True)
+    else:
+        assert m.population is None
     e = m.engine
     assert e["name"] == "dask" and e["workers"] == 2 and e["blocks"] >= 3
     if "heavy_rows" in kw:  # heavy keys went on to longer prefixes
@@ -117,3 +135,27 @@ def test_local_engine_reports_itself_in_json(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["measure", str(tmp_path / "x.npy"), "--format", "json"])
     assert json.loads(capsys.readouterr().out)["engine"]["name"] == "local"
+
+
+def test_cli_bootstrap_on_local_workers_equals_the_local_run(tmp_path, capsys):
+    X = hard_corpus(np.random.default_rng(3), n=900, L=6)
+    d = sharded(tmp_path, X, [300, 301])
+    runs = []
+    for engine in ([], ["--workers", "2"]):
+        with pytest.raises(SystemExit) as e:
+            main(["measure", str(d), "--bootstrap", "20", "--format", "json", *engine])
+        assert e.value.code in (0, None)
+        runs.append(json.loads(capsys.readouterr().out))
+    local, dask = runs
+    assert (local.pop("engine")["name"], dask.pop("engine")["name"]) == ("local", "dask")
+    rows_l, rows_d = local.pop("positions"), dask.pop("positions")
+    assert local == dask and local["population"]["bootstrap"] == 20
+    statuses = [r["pop_status"] for r in rows_l]
+    assert "ok" in statuses and "sparse" in statuses
+    for a, b in zip(rows_l, rows_d, strict=True):
+        assert a.keys() == b.keys()
+        for f, v in a.items():
+            if isinstance(v, float):
+                assert b[f] == pytest.approx(v, abs=1e-9), f
+            else:
+                assert b[f] == v, f

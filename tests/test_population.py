@@ -44,6 +44,44 @@ def test_estimate_and_singleton_mass_match_brute_force(N, L, k, seed):
     assert pop.ci is None and set(pop.reason) == {P.NO_BOOTSTRAP}
 
 
+def test_grassberger_g_beyond_the_table_matches_digamma():
+    c = np.array([P.G_TABLE - 1, P.G_TABLE, P.G_TABLE + 1, P.G_TABLE + 2, 10**6 + 1, 10**9, 2**40])
+    ref = digamma(c) + 0.5 * (-1.0) ** c * (digamma((c + 1) / 2) - digamma(c / 2))
+    got = [P.group_sums(np.array([[x]], np.int64), P.g_table())[0] / x for x in c]
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
+
+
+def test_poisson_weights_are_keyed_by_seed_replicate_and_row():
+    rows = np.arange(200_000)
+    w = P.poisson_weights(P.as_seed(3), 3, rows)
+    pmf = np.bincount(w.ravel(), minlength=4)[:4] / w.size
+    np.testing.assert_allclose(pmf, [math.exp(-1) / math.factorial(k) for k in range(4)], atol=3e-3)
+    np.testing.assert_allclose(w.mean(axis=0), 1.0, atol=0.01)
+    assert abs(np.corrcoef(w[:, 0], w[:, 1])[0, 1]) < 0.01  # replicates independent
+    some = np.array([199_999, 5, 77_777])
+    np.testing.assert_array_equal(P.poisson_weights(P.as_seed(3), 3, some), w[some])  # any subset, any order
+    assert not np.array_equal(P.poisson_weights(P.as_seed(4), 3, rows), w)
+    assert P.as_seed(-1) == np.uint64(2**64 - 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 60), st.integers(1, 4), st.integers(1, 3), st.integers(1, 3), st.integers(0, 2**31 - 1))
+def test_replicate_sums_match_brute_force_on_weighted_counts(N, L, k, B, seed):
+    X = np.random.default_rng(seed).integers(0, k + 1, size=(N, L))
+    cut = N // 3
+    A, f1, W = P.prefix_group_sums([X[:cut], X[cut:]] if cut else [X], np.arange(N), L, B, seed)
+    w = P.poisson_weights(P.as_seed(seed), B, np.arange(N))
+    for r in range(B + 1):
+        wr = np.ones(N, np.int64) if r == 0 else w[:, r - 1]
+        assert W[r] == wr.sum()
+        for t in range(L + 1):
+            keys = np.unique(X[:, :t], axis=0, return_inverse=True)[1].ravel() if t else np.zeros(N, np.int64)
+            C = np.bincount(keys, weights=wr).astype(np.int64)
+            np.testing.assert_allclose(A[r, t], (C * P.grassberger_g(max(C.max(), 1))[C]).sum(), rtol=1e-12)
+            if r == 0:
+                assert f1[t] == (C == 1).sum()
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.integers(20, 300), st.integers(1, 6), st.integers(1, 6), st.integers(0, 2**31 - 1))
 def test_every_well_sampled_position_is_reported_and_sparse_ones_are_not(N, L, k, seed):
