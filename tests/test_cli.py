@@ -9,16 +9,9 @@ import entropy_cliff
 import pytest
 
 from entropy_cliff import theory
-from entropy_cliff.cli import main
 from entropy_cliff.io import save_tokens
 from entropy_cliff.schedules import Schedule
-
-
-def run(capsys, *argv):
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
+from helpers import run
 
 
 def run_json(capsys, *argv):

@@ -11,8 +11,7 @@ from entropy_cliff.errors import EntropyCliffError
 
 distributed = pytest.importorskip("distributed")
 from entropy_cliff.distributed import _windows, measure_distributed  # noqa: E402
-
-FIELDS = ("H_prefix", "H_cond", "H_cond_mm", "H_marginal", "utilization")
+from helpers import assert_same
 
 
 @pytest.fixture(scope="module")
@@ -20,14 +19,6 @@ def client():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
                                   dashboard_address="127.0.0.1:0") as cluster, distributed.Client(cluster) as c:
         yield c
-
-
-def assert_same(a, b):
-    assert a.N == b.N and a.L == b.L and a.K_inferred == b.K_inferred
-    np.testing.assert_array_equal(a.K, b.K)
-    np.testing.assert_array_equal(a.groups, b.groups)
-    for f in FIELDS:
-        np.testing.assert_allclose(getattr(a, f), getattr(b, f), rtol=0, atol=1e-9, equal_nan=True)
 
 
 def sharded(tmp_path, X, cuts):

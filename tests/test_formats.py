@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from entropy_cliff.cli import main
 from entropy_cliff.errors import EntropyCliffError
 from entropy_cliff.formats import _flip_views, detect_format, read_corpus
+from helpers import run
 
 L = 6
 K = 5
@@ -70,13 +70,6 @@ def write_titok(path, images, labels, batch, world, rank_order):
 def rows_of(images, order, view):
     sel = [(c, k) for c, k in order if view is None or c == view]
     return np.stack([images[k, c] for c, k in sel]), np.array([k for _, k in sel])
-
-
-def run(capsys, *argv):
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 def measured(capsys, *argv):

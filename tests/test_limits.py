@@ -10,15 +10,8 @@ from hypothesis import strategies as st
 
 from entropy_cliff import measure as M
 from entropy_cliff import theory
-from entropy_cliff.cli import main
 from entropy_cliff.errors import EntropyCliffError
-
-
-def run(capsys, *argv):
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
+from helpers import run
 
 
 def one_line_exit_2(capsys, *argv):

@@ -12,16 +12,7 @@ from entropy_cliff.cli import main
 from entropy_cliff.errors import EntropyCliffError
 from entropy_cliff.io import read_sidecar
 from entropy_cliff.shards import load_corpus, load_shards, shard_paths
-
-FIELDS = ("H_prefix", "H_cond", "H_cond_mm", "H_marginal", "utilization")
-
-
-def assert_same(a, b):
-    assert a.N == b.N and a.L == b.L and a.K_inferred == b.K_inferred
-    np.testing.assert_array_equal(a.K, b.K)
-    np.testing.assert_array_equal(a.groups, b.groups)
-    for f in FIELDS:
-        np.testing.assert_allclose(getattr(a, f), getattr(b, f), rtol=0, atol=1e-9, equal_nan=True)
+from helpers import assert_same
 
 
 def corpus_with_cross_shard_duplicates(rng, n, L, alphabet):

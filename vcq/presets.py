@@ -112,6 +112,15 @@ class TokenizerPreset:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+_BASE_TOKENIZER = TokenizerPreset(
+    TokenizerConfig(image_size=256, patch_size=16, num_latent=256, enc_width=768, enc_depth=12,
+                    enc_heads=12, dec_width=768, dec_depth=12, dec_heads=12, kmax=16384,
+                    disc_start=20000, disc_channels=64, disc_layers=3),
+    # global batch 256 over 8 GPUs; lr values are TiTok's (lost in the paper's text copy)
+    TrainConfig(steps=1_300_000, batch_size=32, lr=1e-4, min_lr=1e-5, warmup_steps=13000,
+                ckpt_every=5000, log_every=50, preview_every=5000),
+)
+
 TOKENIZER_PRESETS: dict[str, TokenizerPreset] = {
     # CPU scale. With the ViT defaults (patch 4, trunc-normal 0.02 init, L1 only, plain codes,
     # lr 1e-3) the model sits on the mean-colour plateau (~15.5-17 dB held-out PSNR on ``patches``
@@ -124,21 +133,10 @@ TOKENIZER_PRESETS: dict[str, TokenizerPreset] = {
         TokenizerConfig(patch_size=8, l2_norm_codes=True, xavier_init=True, embed_std=0.5, w_mse=1.0),
         TrainConfig(steps=600, batch_size=32, lr=4e-3, min_lr=4e-4, warmup_steps=50, weight_decay=1e-4),
     ),
-    "base": TokenizerPreset(
-        TokenizerConfig(image_size=256, patch_size=16, num_latent=256, enc_width=768, enc_depth=12,
-                        enc_heads=12, dec_width=768, dec_depth=12, dec_heads=12, kmax=16384,
-                        disc_start=20000, disc_channels=64, disc_layers=3),
-        # global batch 256 over 8 GPUs; lr values are TiTok's (lost in the paper's text copy)
-        TrainConfig(steps=1_300_000, batch_size=32, lr=1e-4, min_lr=1e-5, warmup_steps=13000,
-                    ckpt_every=5000, log_every=50, preview_every=5000),
-    ),
-    "large": TokenizerPreset(
-        TokenizerConfig(image_size=256, patch_size=16, num_latent=256, enc_width=768, enc_depth=12,
-                        enc_heads=12, dec_width=1024, dec_depth=24, dec_heads=16, kmax=11264,
-                        disc_start=20000, disc_channels=64, disc_layers=3),
-        TrainConfig(steps=1_300_000, batch_size=32, lr=1e-4, min_lr=1e-5, warmup_steps=13000,
-                    ckpt_every=5000, log_every=50, preview_every=5000),
-    ),
+    "base": _BASE_TOKENIZER,
+    # the paper's large tokenizer: ViT-L decoder, K_max 11264; the rest as base
+    "large": dataclasses.replace(_BASE_TOKENIZER, model=dataclasses.replace(
+        _BASE_TOKENIZER.model, dec_width=1024, dec_depth=24, dec_heads=16, kmax=11264)),
 }
 
 
