@@ -163,3 +163,28 @@ def test_ctrl_c_is_one_line_exit_130_and_resume_continues_from_the_checkpoint(ru
     a, b = load_file(str(run / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()] == [2, 4]
+
+
+def test_the_run_names_its_lpips_implementation_and_resumes_with_it(tmp_path):
+    """config.json records which LPIPS ran (the lpips package where it imports, else our port) and
+    the log says it; the entry does not block --resume."""
+    from vcq.losses import LPIPS, PACKAGE, PORT, lpips_status
+
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in LPIPS().state_dict().items()}
+    torch.manual_seed(0)
+    sd = {k: torch.randn(s) * 0.05 for k, s in shapes.items() if k.startswith("features.")}
+    sd.update({f"lin{i}.model.1.weight": torch.rand(shapes[f"lins.{i}.weight"]) for i in range(5)})
+    torch.save(sd, tmp_path / "lpips.pt")
+    out = tmp_path / "perceptual"
+    args = ["train-tokenizer", "--preset", "tiny", *[a for a in SMALL if a != "--quiet"], "--image-size", "16",
+            "--w-lpips", "1", "--lpips-path", str(tmp_path / "lpips.pt"), "--out", str(out)]
+    r = CliRunner().invoke(main, [*args, "--stop-at", "2"])
+    assert r.exit_code == 0, r.output
+    expected = PACKAGE if lpips_status()[0] else PORT
+    assert json.loads((out / "config.json").read_text())["lpips_implementation"] == expected
+    assert f"perceptual loss: LPIPS from {tmp_path / 'lpips.pt'} via {expected}" in r.stderr
+    assert all(json.loads(ln)["lpips"] > 0 for ln in (out / "metrics.jsonl").read_text().splitlines())
+    r = CliRunner().invoke(main, ["train-tokenizer", "--out", str(out), "--resume", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()] == [2, 4]

@@ -56,13 +56,9 @@ class FeatureExtractor(Protocol):
 def torch_fidelity_status() -> tuple[bool, str]:
     """Whether torch-fidelity imports here, and why not: torchvision missing or built for another
     torch (e.g. "operator torchvision::nms does not exist"), or torch-fidelity itself missing."""
-    for module in ("torchvision", "torch_fidelity"):
-        try:
-            __import__(module)
-        except Exception as e:  # ImportError, or the RuntimeError of a torchvision built for another torch
-            msg = str(e).splitlines()[0] if str(e) else ""
-            return False, f"{module} does not import here ({type(e).__name__}: {msg})"
-    return True, "torch-fidelity imports"
+    from vcq.optional import import_status
+
+    return import_status("torchvision", "torch_fidelity")
 
 
 def _rgb_nchw_uint8(images: np.ndarray) -> torch.Tensor:
