@@ -238,3 +238,100 @@ def test_port_and_torch_fidelity_give_equal_features_with_the_same_weights(tmp_p
     x = np.random.default_rng(0).integers(0, 256, (4, 299, 299, 3), dtype=np.uint8)
     ours, theirs = PortInception(tmp_path / "pt.pth")(x), TorchFidelityInception(tmp_path / "pt.pth")(x)
     np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-4, atol=1e-4)
+
+
+def _fake_torch_fidelity(calls):
+    """A stand-in for torch-fidelity's ``calculate_metrics`` (the real one needs torchvision): it
+    checks its inputs are Datasets of uint8 (3, H, W) tensors and computes the metrics with our
+    formulas on stand-in features (pixels as features, the first 10 pixels as logits), treating
+    input1 as generated as torch-fidelity does (precision: input1 in the input2 manifold; IS of
+    input1, over ``isc_splits`` parts, no shuffling)."""
+    import types
+
+    import scipy.special
+    import torch
+
+    def feats(ds):
+        x = torch.stack([ds[i] for i in range(len(ds))])
+        assert x.dtype == torch.uint8 and x.shape[1] == 3
+        return x.reshape(len(x), -1).double().numpy()
+
+    def calculate_metrics(**kw):
+        calls.append(kw)
+        f1, f2 = feats(kw["input1"]), feats(kw["input2"])
+        out = {}
+        if kw.get("fid"):
+            out["frechet_inception_distance"] = fid(f2, f1)
+        if kw.get("isc"):
+            mean, std = inception_score(scipy.special.softmax(f1[:, :10] / 50, axis=1), kw["isc_splits"])
+            out.update(inception_score_mean=mean, inception_score_std=std)
+        if kw.get("prc"):
+            prec, rec = precision_recall(f2, f1, kw["prc_neighborhood"])
+            out.update(precision=prec, recall=rec, f_score=2 * prec * rec / max(prec + rec, 1e-12))
+        return out
+
+    return types.SimpleNamespace(calculate_metrics=calculate_metrics)
+
+
+def test_torch_fidelity_calculate_metrics_computes_fid_is_and_precision_recall_where_it_imports(tmp_path, monkeypatch):
+    """The glue, through a stand-in module: the call torch-fidelity gets (its Inception from the
+    local file, no cache, inputs in the right slots) and the mapping of its results to our names."""
+    import sys
+    import types
+
+    import scipy.special
+
+    from vcq import tokenizer
+    from vcq.evaluate import OURS, metrics_backend, reconstruction_metrics
+    from vcq.features import TORCH_FIDELITY, TorchFidelityInception, inception_extractor, rgb_uint8_nchw
+    from vcq.fidelity import BACKEND
+
+    calls = []
+    monkeypatch.setitem(sys.modules, "torchvision", types.ModuleType("torchvision"))
+    monkeypatch.setitem(sys.modules, "torch_fidelity", _fake_torch_fidelity(calls))
+    (tmp_path / "pt.pth").write_bytes(b"weights")
+    ext = inception_extractor(tmp_path / "pt.pth")
+    assert isinstance(ext, TorchFidelityInception) and ext.name == TORCH_FIDELITY and metrics_backend(ext) == BACKEND
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 256, (30, 2, 2, 1), dtype=np.uint8)
+    fake = (rng.integers(0, 256, (20, 2, 2, 1)) // 2 + 60).astype(np.uint8)  # narrower than real
+    got = generation_metrics(ext, real, fake)
+    rf, ff = (rgb_uint8_nchw(x).reshape(len(x), -1).double().numpy() for x in (real, fake))
+    prec, rec = precision_recall(rf, ff, 3)
+    is_mean, is_std = inception_score(scipy.special.softmax(ff[:, :10] / 50, axis=1), 10)
+    assert got == {"FID": pytest.approx(fid(rf, ff)), "precision": prec, "recall": rec, "IS": pytest.approx(is_mean),
+                   "IS_std": pytest.approx(is_std), "is_splits": 10}
+    assert prec != rec  # the slots are distinguishable: swapping input1 and input2 would swap them
+    kw = calls[-1]
+    assert kw["feature_extractor"] == "inception-v3-compat" and kw["feature_extractor_weights_path"] == str(tmp_path / "pt.pth")
+    assert (kw["fid"], kw["isc"], kw["prc"], kw["cache"], kw["cuda"], kw["prc_neighborhood"]) == (True, True, True, False, False, 3)
+    assert generation_metrics(ext, real, fake[:6])["is_splits"] == 1 and calls[-1]["isc_splits"] == 1
+    monkeypatch.setattr(tokenizer, "reconstruct", lambda tok, images: fake[:len(images)])
+    assert reconstruction_metrics(None, real[:20], ext)["rFID"] == pytest.approx(fid(rf[:20], ff))
+    assert (calls[-1]["isc"], calls[-1]["prc"]) == (False, False)
+    assert metrics_backend(PortInception.__new__(PortInception)) == OURS
+
+
+@pytest.mark.skipif(not __import__("vcq.features").features.torch_fidelity_status()[0], reason=_torch_fidelity_reason())
+def test_torch_fidelity_metrics_equal_ours_with_the_same_weights(tmp_path):
+    """Parity: torch-fidelity's calculate_metrics and our formulas on our port, one weights file
+    (299 × 299 images, so neither network resizes; 9 samples: IS over one split, where
+    torch-fidelity's shuffling cannot matter). Runs wherever torch-fidelity imports."""
+    import torch
+
+    from vcq.features import TorchFidelityInception
+    from vcq.fid_inception import FIDInceptionV3
+
+    torch.manual_seed(0)
+    net = FIDInceptionV3()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    torch.save(net.state_dict(), tmp_path / "pt.pth")
+    rng = np.random.default_rng(0)
+    real, fake = (rng.integers(0, 256, (n, 299, 299, 3), dtype=np.uint8) for n in (12, 9))
+    ours = generation_metrics(PortInception(tmp_path / "pt.pth"), real, fake)
+    theirs = generation_metrics(TorchFidelityInception(tmp_path / "pt.pth"), real, fake)
+    assert theirs["FID"] == pytest.approx(ours["FID"], rel=1e-3) and theirs["IS"] == pytest.approx(ours["IS"], rel=1e-4)
+    assert abs(theirs["precision"] - ours["precision"]) <= 1 / 9 and abs(theirs["recall"] - ours["recall"]) <= 1 / 12

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from entropy_cliff.errors import EntropyCliffError
-from vcq.losses import LPIPS, PatchDiscriminator, hinge_d_loss, hinge_g_loss, load_lpips
+from vcq.losses import (LPIPS, PACKAGE, PORT, PackageLPIPS, PatchDiscriminator, hinge_d_loss, hinge_g_loss, load_lpips,
+                         lpips_status)
 from vcq.presets import TOKENIZER_PRESETS, TokenizerConfig
 from vcq.images import to_tensor, to_uint8
 from vcq.tokenizer import Tokenizer1D, load_tokenizer, schedule_of
@@ -123,6 +124,133 @@ def test_lpips_loads_local_weights_and_is_a_distance(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(EntropyCliffError, match="unreadable"):
         load_lpips(tmp_path / "bad.pt")
+
+
+def _fake_lpips_module():
+    """A stand-in for the lpips package (0.1.4) with its VGG LPIPS layout and arithmetic, written from
+    its source: ``net.slice1..5`` hold torchvision's ``vgg16().features[a:b]`` under their original
+    indices, ``lin<k>.model`` is ``[Dropout, Conv1x1]`` (also reachable as ``lins``), inputs are
+    scaled by ``scaling_layer``; per layer: unit-normalise channels, squared difference, lin,
+    spatial mean; the sum over layers has shape (N, 1, 1, 1). Like the package with
+    ``pnet_rand=False`` it would download VGG weights, so the fake refuses that."""
+    import types
+
+    from torch import nn
+
+    cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+
+    class Vgg16(nn.Module):
+        def __init__(self, requires_grad=False, pretrained=True):
+            super().__init__()
+            if pretrained:
+                raise RuntimeError("would download torchvision's VGG16 weights")
+            feats, c = [], 3
+            for v in cfg:
+                feats += [nn.MaxPool2d(2, 2)] if v == "M" else [nn.Conv2d(c, v, 3, padding=1), nn.ReLU(inplace=True)]
+                c = v if v != "M" else c
+            for s, (a, b) in enumerate(((0, 4), (4, 9), (9, 16), (16, 23), (23, 30)), 1):
+                sl = nn.Sequential()
+                for x in range(a, b):
+                    sl.add_module(str(x), feats[x])
+                setattr(self, f"slice{s}", sl)
+
+        def forward(self, x):
+            out = []
+            for s in range(1, 6):
+                x = getattr(self, f"slice{s}")(x)
+                out.append(x)
+            return out
+
+    class NetLinLayer(nn.Module):
+        def __init__(self, chn_in, use_dropout=True):
+            super().__init__()
+            self.model = nn.Sequential(*([nn.Dropout()] if use_dropout else []), nn.Conv2d(chn_in, 1, 1, bias=False))
+
+    class ScalingLayer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("shift", torch.Tensor([-.030, -.088, -.188])[None, :, None, None])
+            self.register_buffer("scale", torch.Tensor([.458, .448, .450])[None, :, None, None])
+
+        def forward(self, inp):
+            return (inp - self.shift) / self.scale
+
+    class FakeLPIPS(nn.Module):
+        def __init__(self, pretrained=True, net="alex", version="0.1", lpips=True, spatial=False, pnet_rand=False,
+                     pnet_tune=False, use_dropout=True, model_path=None, eval_mode=True, verbose=True):
+            super().__init__()
+            assert net == "vgg" and version == "0.1" and lpips and not pretrained  # no package weight files read
+            self.scaling_layer = ScalingLayer()
+            self.net = Vgg16(requires_grad=pnet_tune, pretrained=not pnet_rand)
+            for k, c in enumerate((64, 128, 256, 512, 512)):
+                setattr(self, f"lin{k}", NetLinLayer(c, use_dropout))
+            self.lins = nn.ModuleList([getattr(self, f"lin{k}") for k in range(5)])
+
+        def forward(self, in0, in1, retPerLayer=False, normalize=False):
+            outs0, outs1 = self.net(self.scaling_layer(in0)), self.net(self.scaling_layer(in1))
+            val = 0
+            for k in range(5):
+                f0 = outs0[k] / (torch.sqrt(torch.sum(outs0[k] ** 2, dim=1, keepdim=True)) + 1e-10)
+                f1 = outs1[k] / (torch.sqrt(torch.sum(outs1[k] ** 2, dim=1, keepdim=True)) + 1e-10)
+                val = val + self.lins[k].model((f0 - f1) ** 2).mean([2, 3], keepdim=True)
+            return val
+
+    return types.SimpleNamespace(LPIPS=FakeLPIPS)
+
+
+def _assert_lpips_parity(path):
+    """Port and package from one weights file: equal distances (1e-5) on random image pairs."""
+    port, package = load_lpips(path, "port"), load_lpips(path, "package")
+    assert (port.implementation, package.implementation) == (PORT, PACKAGE)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(4, 3, 32, 32, generator=g) * 2 - 1, torch.rand(4, 3, 32, 32, generator=g) * 2 - 1
+    for i in range(len(x)):
+        ours, theirs = port(x[i:i + 1], y[i:i + 1]).item(), package(x[i:i + 1], y[i:i + 1]).item()
+        assert ours > 1e-3 and theirs == pytest.approx(ours, abs=1e-5)
+    assert package(x, y).item() == pytest.approx(port(x, y).item(), abs=1e-5)  # the batch mean
+
+
+def test_lpips_package_glue_loads_every_weight_from_the_file(tmp_path, monkeypatch):
+    """Through a stand-in with the package's layout (the real one needs torchvision): nothing comes
+    from the package's own files or a download, every weight from the local file."""
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "torchvision", types.ModuleType("torchvision"))
+    monkeypatch.setitem(sys.modules, "lpips", _fake_lpips_module())
+    assert lpips_status()[0]
+    path, sd = _lpips_file(tmp_path)
+    m = load_lpips(path)
+    assert isinstance(m, PackageLPIPS) and m.implementation == PACKAGE
+    assert torch.equal(getattr(m.net.net.slice5, "28").weight, sd["features.28.weight"])
+    assert torch.equal(m.net.lins[3].model[1].weight, sd["lin3.model.1.weight"])
+    _assert_lpips_parity(path)
+    x = torch.rand(2, 1, 16, 16) * 2 - 1  # grey images: channels repeated, as in the port
+    y = (torch.rand(2, 1, 16, 16) * 2 - 1).requires_grad_(True)
+    assert m(x, y).item() == pytest.approx(load_lpips(path, "port")(x, y).item(), abs=1e-5)
+    m(x, y).backward()
+    assert y.grad.abs().sum() > 0 and all(p.grad is None for p in m.parameters())
+    m.train()
+    assert not m.training and not m.net.training
+    with pytest.raises(EntropyCliffError, match="lack 1 tensors"):
+        load_lpips(_lpips_file(tmp_path, drop="features.2.bias")[0])
+    with pytest.raises(EntropyCliffError, match="auto, package or port"):
+        load_lpips(path, "torchvision")
+
+
+def test_without_the_package_lpips_falls_back_to_the_port_and_says_why(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "lpips", None)  # import lpips -> ImportError
+    ok, why = lpips_status()
+    assert not ok and ("lpips does not import here (ImportError" in why or "torchvision does not import here" in why)
+    assert isinstance(load_lpips(_lpips_file(tmp_path)[0]), LPIPS) and load_lpips(_lpips_file(tmp_path)[0]).implementation == PORT
+
+
+@pytest.mark.skipif(not lpips_status()[0], reason=lpips_status()[1])
+def test_lpips_package_and_port_give_equal_distances_with_the_same_weights(tmp_path):
+    """Parity with the real lpips package; runs wherever lpips and torchvision import."""
+    _assert_lpips_parity(_lpips_file(tmp_path)[0])
 
 
 def _run_dir(tmp_path, cfg=SMALL):

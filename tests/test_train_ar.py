@@ -210,7 +210,8 @@ def test_cli_sample_decodes_a_grid_and_refuses_a_tokenizer_with_other_K_t(tmp_pa
     assert res.exit_code == 0, res.output
     ev = json.loads((tmp_path / "ev.json").read_text())
     assert ev["feature_extractor"] == "dataset classifier (dFID; not comparable to FID)"
-    assert "features: dataset classifier (dFID; not comparable to FID)" in res.output
+    assert ev["metrics_backend"] == "entropy-cliff vcq.metrics"  # torch-fidelity computes FID on its own network only
+    assert "features: dataset classifier (dFID; not comparable to FID); metrics: entropy-cliff vcq.metrics" in res.output
     warn = "generation: dFID from 6 samples is not meaningful: use at least 1000"
     assert any(w.startswith(warn) for w in ev["warnings"]) and f"vcq: warning: {warn}" in res.output
     assert ev["generation"]["is_splits"] == 1 and ev["reconstruction"]["images"] == 20

@@ -130,3 +130,61 @@ def test_bad_input_is_one_line_and_exit_2(run, tmp_path):
     (broken / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     assert "corrupt" in _one_line_error(cli.invoke(main, ["dump-tokens", "--ckpt", str(broken), "--out", str(tmp_path / "t.npy")]))
     assert not (tmp_path / "t.npy").exists() and not (tmp_path / "t.meta.json").exists()
+
+
+def test_ctrl_c_is_one_line_exit_130_and_resume_continues_from_the_checkpoint(run, tmp_path, monkeypatch, capsys):
+    """Ctrl-C at step 3 (checkpoints every 2 steps): one stderr line naming step 2, exit 130; then
+    ``--resume`` runs steps 3 and 4 only and ends on the weights of the uninterrupted run."""
+    from safetensors.torch import load_file
+
+    from vcq.train_tokenizer import TokenizerTask
+
+    out = tmp_path / "ctrlc"
+    args = ["train-tokenizer", "--preset", "tiny", *SMALL, "--schedule", "cosine", "--kmin", "2", "--kmax", "32",
+            "--ckpt-every", "2", "--out", str(out)]
+    real_step, seen = TokenizerTask.step, []
+
+    def step(self, models, batch, i):
+        seen.append(i)
+        if i == 3 and len(seen) == 4:  # the first pass reaches step index 3: Ctrl-C
+            raise KeyboardInterrupt
+        return real_step(self, models, batch, i)
+
+    monkeypatch.setattr(TokenizerTask, "step", step)
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 130
+    assert err == f"vcq: interrupted: training stopped at step 3; --resume continues {out} from step 2\n"
+    assert seen == [0, 1, 2, 3]
+    with pytest.raises(SystemExit) as e:
+        main(["train-tokenizer", "--out", str(out), "--resume", "--quiet"])
+    assert e.value.code == 0 and seen == [0, 1, 2, 3, 2, 3]
+    a, b = load_file(str(run / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()] == [2, 4]
+
+
+def test_the_run_names_its_lpips_implementation_and_resumes_with_it(tmp_path):
+    """config.json records which LPIPS ran (the lpips package where it imports, else our port) and
+    the log says it; the entry does not block --resume."""
+    from vcq.losses import LPIPS, PACKAGE, PORT, lpips_status
+
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in LPIPS().state_dict().items()}
+    torch.manual_seed(0)
+    sd = {k: torch.randn(s) * 0.05 for k, s in shapes.items() if k.startswith("features.")}
+    sd.update({f"lin{i}.model.1.weight": torch.rand(shapes[f"lins.{i}.weight"]) for i in range(5)})
+    torch.save(sd, tmp_path / "lpips.pt")
+    out = tmp_path / "perceptual"
+    args = ["train-tokenizer", "--preset", "tiny", *[a for a in SMALL if a != "--quiet"], "--image-size", "16",
+            "--w-lpips", "1", "--lpips-path", str(tmp_path / "lpips.pt"), "--out", str(out)]
+    r = CliRunner().invoke(main, [*args, "--stop-at", "2"])
+    assert r.exit_code == 0, r.output
+    expected = PACKAGE if lpips_status()[0] else PORT
+    assert json.loads((out / "config.json").read_text())["lpips_implementation"] == expected
+    assert f"perceptual loss: LPIPS from {tmp_path / 'lpips.pt'} via {expected}" in r.stderr
+    assert all(json.loads(ln)["lpips"] > 0 for ln in (out / "metrics.jsonl").read_text().splitlines())
+    r = CliRunner().invoke(main, ["train-tokenizer", "--out", str(out), "--resume", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()] == [2, 4]

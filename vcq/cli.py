@@ -371,7 +371,7 @@ def evaluate_cmd(samples, ckpt, tokenizer, pt_inception, cache_dir, n_real, n_re
 
 def format_evaluation(res: dict[str, Any]) -> list[str]:
     """Human-readable lines for :func:`vcq.evaluate.evaluate_run` output."""
-    lines = [f"features: {res['feature_extractor']}"] if "feature_extractor" in res else []
+    lines = [f"features: {res['feature_extractor']}; metrics: {res['metrics_backend']}"] if "feature_extractor" in res else []
     if "reconstruction" in res:
         r = res["reconstruction"]
         extra = "".join(f", {k} {v:.3f}" for k, v in r.items() if k.startswith("r"))

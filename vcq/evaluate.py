@@ -2,7 +2,9 @@
 :mod:`vcq.metrics`, the networks that give features in :mod:`vcq.features`).
 
 :func:`evaluate_run` returns one JSON-ready dict; ``feature_extractor`` names the network behind
-every FID-like number, and ``warnings`` lists what makes a number unreliable (e.g. a dFID from too
+every FID-like number, ``metrics_backend`` what computed them (torch-fidelity's
+``calculate_metrics`` on its Inception wherever torch-fidelity imports, else our formulas of
+:mod:`vcq.metrics`), and ``warnings`` lists what makes a number unreliable (e.g. a dFID from too
 few samples). ``vcq evaluate`` prints it.
 """
 
@@ -14,9 +16,19 @@ from pathlib import Path
 import numpy as np
 
 from entropy_cliff.errors import EntropyCliffError
-from vcq.features import (ClassifierSpec, DatasetClassifier, FeatureExtractor, inception_extractor,
-                          small_sample_warning)
+from vcq.features import (ClassifierSpec, DatasetClassifier, FeatureExtractor, TorchFidelityInception,
+                          inception_extractor, small_sample_warning)
+from vcq.fidelity import BACKEND as FIDELITY, fidelity_metrics
 from vcq.metrics import IS_SPLITS, fid, inception_score, mean_psnr, memorization, precision_recall, probe_table
+
+OURS = "entropy-cliff vcq.metrics"
+
+
+def metrics_backend(extractor: FeatureExtractor) -> str:
+    """Who computes FID / IS / precision-recall: torch-fidelity's ``calculate_metrics`` on its own
+    Inception (:mod:`vcq.fidelity`), else our formulas (:mod:`vcq.metrics`) on the extractor's
+    features."""
+    return FIDELITY if isinstance(extractor, TorchFidelityInception) else OURS
 
 
 def reconstruction_metrics(tokenizer, images: np.ndarray, extractor: FeatureExtractor | None = None) -> dict[str, float]:
@@ -26,7 +38,9 @@ def reconstruction_metrics(tokenizer, images: np.ndarray, extractor: FeatureExtr
 
     recon = reconstruct(tokenizer, images)
     out = {"psnr": mean_psnr(images, recon), "images": int(len(images))}
-    if extractor is not None:
+    if extractor is not None and metrics_backend(extractor) == FIDELITY:
+        out["r" + extractor.fid_name] = fidelity_metrics(images, recon, extractor.path, device=extractor.device)["FID"]
+    elif extractor is not None:
         out["r" + extractor.fid_name] = fid(extractor(images)[0], extractor(recon)[0])
     return out
 
@@ -34,13 +48,19 @@ def reconstruction_metrics(tokenizer, images: np.ndarray, extractor: FeatureExtr
 def generation_metrics(extractor: FeatureExtractor, real_images: np.ndarray, fake_images: np.ndarray,
                        k: int = 3) -> dict[str, float]:
     """FID (or dFID), precision/recall (k-NN, k = 3) and IS (or dIS; mean and standard deviation
-    over 10 splits, one split below 10 images) of ``fake`` against ``real``."""
+    over 10 splits, one split below 10 images) of ``fake`` against ``real``, computed by
+    :func:`metrics_backend`."""
+    splits = IS_SPLITS if len(fake_images) >= IS_SPLITS else 1
+    if metrics_backend(extractor) == FIDELITY:
+        m = fidelity_metrics(real_images, fake_images, extractor.path, isc=True, prc=True, isc_splits=splits, k=k,
+                             device=extractor.device)
+        return {"FID": m["FID"], "precision": m["precision"], "recall": m["recall"], "IS": m["IS"],
+                "IS_std": m["IS_std"], "is_splits": splits}
     real_f, _ = extractor(real_images)
     fake_f, fake_p = extractor(fake_images)
     precision, recall = precision_recall(real_f, fake_f, k)
     out = {extractor.fid_name: fid(real_f, fake_f), "precision": precision, "recall": recall}
     if fake_p is not None:
-        splits = IS_SPLITS if len(fake_p) >= IS_SPLITS else 1
         out[extractor.is_name], out[extractor.is_name + "_std"] = inception_score(fake_p, splits)
         out["is_splits"] = splits
     return out
@@ -106,7 +126,7 @@ def evaluate_run(samples_dir: str | Path | None, ar_dir: str | Path | None, toke
             extractor = DatasetClassifier.load_or_train(cspec, tr_imgs, ds["train"].label_array(), va_imgs,
                                                         ds["val"].label_array(), cache_dir, progress, dev)
             out["features"] = dict(extractor.info)
-        out["feature_extractor"] = extractor.name
+        out["feature_extractor"], out["metrics_backend"] = extractor.name, metrics_backend(extractor)
         rng = np.random.default_rng(seed)
         val = ds["val"].images(np.sort(rng.permutation(len(ds["val"]))[:n_recon]))
         out["reconstruction"] = reconstruction_metrics(tok, val, extractor)

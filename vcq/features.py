@@ -6,7 +6,8 @@ never read without knowing which network produced it:
 
 - ``"torch-fidelity inception-v3-compat"``: torch-fidelity's reference port of TensorFlow's
   ``inception-2015-12-05`` (the standard FID network), from a local weights file. Chosen whenever
-  torch-fidelity (and so torchvision) imports.
+  torch-fidelity (and so torchvision) imports; the metrics on it are then computed by
+  torch-fidelity's ``calculate_metrics`` itself (:mod:`vcq.fidelity`).
 - ``"entropy-cliff port (pt_inception weights)"``: :mod:`vcq.fid_inception`, our port of the same
   network, loading the same file (pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth``; torch-
   fidelity's weights file has the same hash). The fallback where torchvision does not import.
@@ -56,16 +57,13 @@ class FeatureExtractor(Protocol):
 def torch_fidelity_status() -> tuple[bool, str]:
     """Whether torch-fidelity imports here, and why not: torchvision missing or built for another
     torch (e.g. "operator torchvision::nms does not exist"), or torch-fidelity itself missing."""
-    for module in ("torchvision", "torch_fidelity"):
-        try:
-            __import__(module)
-        except Exception as e:  # ImportError, or the RuntimeError of a torchvision built for another torch
-            msg = str(e).splitlines()[0] if str(e) else ""
-            return False, f"{module} does not import here ({type(e).__name__}: {msg})"
-    return True, "torch-fidelity imports"
+    from vcq.optional import import_status
+
+    return import_status("torchvision", "torch_fidelity")
 
 
-def _rgb_nchw_uint8(images: np.ndarray) -> torch.Tensor:
+def rgb_uint8_nchw(images: np.ndarray) -> torch.Tensor:
+    """uint8 images (N, H, W, C), C = 1 or 3, as a uint8 (N, 3, H, W) tensor (grey repeated)."""
     x = np.asarray(images)
     if x.shape[-1] == 1:
         x = np.repeat(x, 3, axis=-1)
@@ -88,7 +86,7 @@ class PortInception:
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         feats, probs = [], []
         for s in range(0, len(images), self.batch_size):
-            x = _rgb_nchw_uint8(images[s:s + self.batch_size]).float().div(255.0)
+            x = rgb_uint8_nchw(images[s:s + self.batch_size]).float().div(255.0)
             f, logits = self.net(x.to(self.device))
             feats.append(f.double().cpu().numpy())
             probs.append(torch.softmax(logits.double(), -1).cpu().numpy())
@@ -97,24 +95,27 @@ class PortInception:
 
 class TorchFidelityInception:
     """torch-fidelity's ``inception-v3-compat`` (features ``2048``, IS from ``logits_unbiased``,
-    as torch-fidelity computes it) with weights from a local file."""
+    as torch-fidelity computes it) with weights from the local file ``path``. :mod:`vcq.evaluate`
+    hands ``path`` to torch-fidelity's own ``calculate_metrics`` (:mod:`vcq.fidelity`); calling
+    the extractor (features for other uses) builds the network on first use."""
 
     name, fid_name, is_name, dim = TORCH_FIDELITY, "FID", "IS", 2048
 
-    def __init__(self, path: str | Path, device: str = "cpu", batch_size: int = 50) -> None:
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", batch_size: int = 50) -> None:
         if not Path(path).is_file():
             raise EntropyCliffError(f"{path}: no Inception weights file (nothing is downloaded; pass a local path)")
-        self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
-                                               feature_extractor_weights_path=str(path)).to(device).eval()
-        self.device, self.batch_size = device, batch_size
+        self.path, self.device, self.batch_size, self.net = Path(path), device, batch_size, None
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.net is None:
+            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+            self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+                                                   feature_extractor_weights_path=str(self.path)).to(self.device).eval()
         feats, probs = [], []
         for s in range(0, len(images), self.batch_size):
-            f, logits = self.net(_rgb_nchw_uint8(images[s:s + self.batch_size]).to(self.device))
+            f, logits = self.net(rgb_uint8_nchw(images[s:s + self.batch_size]).to(self.device))
             feats.append(f.double().cpu().numpy())
             probs.append(torch.softmax(logits.double(), -1).cpu().numpy())
         return np.concatenate(feats), np.concatenate(probs)

@@ -61,8 +61,9 @@ from vcq.presets import TrainConfig, to_dict
 
 MAIN = "model"
 STATE_FILE, WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE = "train_state.pt", "model.safetensors", "config.json", "metrics.jsonl"
-# settings that may change between a run and its resumption without changing the result
-RESUME_FREE = ("ckpt_every", "log_every", "preview_every", "workers")
+# settings that may change between a run and its resumption without changing the result (the LPIPS
+# implementation: the lpips package and our port agree to 1e-5, see vcq.losses)
+RESUME_FREE = ("ckpt_every", "log_every", "preview_every", "workers", "lpips_implementation")
 # fields added after runs were saved without them: a saved config lacking one means this value
 ADDED_DEFAULTS = {"grad_accum": 1, "deterministic": False, "workers": 0}
 # seconds a collective may wait (default NCCL: 10 min): rank 0 alone writes checkpoints (an XL

@@ -4,7 +4,9 @@
   PatchGAN terms), with codebook usage and validation metrics at logging steps (``val_l1``,
   ``val_psnr`` on up to :data:`VAL_IMAGES` fixed validation images) and a preview picture
   (originals over reconstructions);
-- :func:`run_config`: the ``config.json`` of a tokenizer run; :func:`train_tokenizer` runs one.
+- :func:`run_config`: the ``config.json`` of a tokenizer run; :func:`train_tokenizer` runs one
+  (with the LPIPS loss on, ``config.json`` also names its implementation, :data:`LPIPS_KEY`: the
+  ``lpips`` package or our port, see :func:`vcq.losses.load_lpips`; the log says it too).
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from torch import nn
 
 from vcq.data import DataSpec
 from vcq.images import quantize_uint8, rows_grid, to_tensor, to_uint8, to_unit_range
-from vcq.losses import PatchDiscriminator, hinge_d_loss, hinge_g_loss, load_lpips
+from vcq.losses import PACKAGE, PatchDiscriminator, hinge_d_loss, hinge_g_loss, load_lpips, lpips_status
 from vcq.metrics import mean_psnr, mean_psnr_tensor
 from vcq.presets import TokenizerConfig, TrainConfig, from_dict, to_dict
 from vcq.tokenizer import Tokenizer1D
 from vcq.train import MAIN, Task, TrainResult, check_run_dir, check_train_config, frozen, seed_everything, train
 
 VAL_IMAGES = 64
+LPIPS_KEY = "lpips_implementation"  # a config.json entry a resume may change (vcq.train.RESUME_FREE)
 
 
 class TokenizerTask(Task):
@@ -129,6 +132,10 @@ def train_tokenizer(config: dict[str, Any], out_dir: str | Path, *, resume: bool
     lpips = None
     if model_cfg.w_lpips > 0 and model_cfg.lpips_path:
         lpips = load_lpips(model_cfg.lpips_path)
+        config = {**config, LPIPS_KEY: lpips.implementation}
+        if int(os.environ.get("RANK", "0")) == 0:
+            say(f"perceptual loss: LPIPS from {model_cfg.lpips_path} via {lpips.implementation}"
+                + ("" if lpips.implementation == PACKAGE else f" ({lpips_status()[1]})"))
     elif model_cfg.w_lpips > 0 and int(os.environ.get("RANK", "0")) == 0:
         say("perceptual (LPIPS) loss off: no --lpips-path given")
     return train(TokenizerTask(model, disc, lpips, val_images), train_set, train_cfg, out_dir, config=config, resume=resume,
