@@ -299,8 +299,14 @@ def main() -> None:
         from entropy_cliff.io import write_json_atomic
         from entropy_cliff.replication import collect
 
-        write_json_atomic(args.out, collect(lay.results, [json.loads(json.dumps(r.__dict__)) | {"name": r.name}
-                                                          for r in AR_RUNS], TOKENIZERS))
+        settings = {"data": "32x32 crops of the scikit-image natural images (class = source image)",
+                    "N": N, "N_val": N_VAL, "L": LENGTH, "tokenizer_args": " ".join(TOK_ARGS),
+                    "ar_args": " ".join(AR_ARGS), "ar_steps": AR_STEPS, "unregularized": " ".join(UNREGULARIZED),
+                    "samples": N_SAMPLES, "sampling": {k: " ".join(v) for k, v in SAMPLINGS.items()},
+                    "memorization and precision/recall": "memorization: samples without CFG; precision/recall: "
+                                                         "CodebookSize-Aware CFG samples"}
+        runs = [{"name": r.name, "tok": r.tok, "regularized": r.regularized, "seed": r.seed} for r in AR_RUNS]
+        write_json_atomic(args.out, collect(lay.results, runs, TOKENIZERS, settings))
         log(f"wrote {args.out}", logfile)
     if failures:
         sys.exit(f"{failures} job(s) failed; see {logfile}; re-run to retry them")
