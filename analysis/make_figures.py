@@ -27,7 +27,8 @@ def default_inputs(root: Path, figures: Path) -> Inputs:
     dumps = {k: rep / k / "train" / "tokens.npy" for k in REPLICATION_ORDER}
     return Inputs(demo={k: data / f"demo_{k}.npy" for k in ("constant", "cosine")},
                   replication_dumps={k: p for k, p in dumps.items() if p.is_file()},
-                  replication=figures / "replication.json", language=figures / "language.json")
+                  replication=figures / "replication.json", language=figures / "language.json",
+                  replication_results=rep)
 
 
 def main() -> None:

@@ -195,6 +195,13 @@ def eval_jobs(lay: Layout) -> list[Job]:
             write_json_atomic(lay.results / t / "jpeg.json", jpeg_at_bpp(images, K))
 
         jobs.append(Job(f"jpeg:{t}", jpeg, lay.results / t / "JPEG_DONE"))
+
+        def recon(t: str = t) -> None:  # reconstruction metrics; the first one also trains the shared dFID classifier
+            run(vcq("evaluate", "--tokenizer", lay.tok(t), "--cache-dir", lay.work / "dfid-cache", "--seed", 0,
+                    "--out", lay.results / t / "recon.json", "--format", "json", "--quiet"))
+
+        first = next(iter(TOKENIZERS))
+        jobs.append(Job(f"recon:{t}", recon, lay.results / t / "RECON_DONE", [] if t == first else [f"recon:{first}"]))
     for r in AR_RUNS:
         for setting, flags in SAMPLINGS.items():
             def sample_eval(r: ARRun = r, setting: str = setting, flags: list[str] = flags) -> None:
@@ -202,19 +209,21 @@ def eval_jobs(lay: Layout) -> list[Job]:
                 if not (d / "tokens.npy").exists():
                     run(vcq("sample", "--ckpt", lay.ar(r), "--tokenizer", lay.tok(r.tok), "--n", N_SAMPLES,
                             "--cols", 15, *flags, "--seed", 1, "--out", d, "--quiet"))
+                if (d / "grid.png").is_file():
+                    shutil.copy2(d / "grid.png", lay.ar_results(r) / f"grid_{setting}.png")
                 ev = lay.ar_results(r) / f"eval_{setting}.json"
                 run(vcq("evaluate", "--samples", d, "--ckpt", lay.ar(r), "--tokenizer", lay.tok(r.tok),
                         "--cache-dir", lay.work / "dfid-cache", "--probe-k", "1,3,all", "--seed", 0,
                         "--out", ev, "--format", "json", "--quiet"))
 
-            jobs.append(Job(f"eval:{r.name}:{setting}", sample_eval, lay.ar_results(r) / f"EVAL_{setting}_DONE"))
+            jobs.append(Job(f"eval:{r.name}:{setting}", sample_eval, lay.ar_results(r) / f"EVAL_{setting}_DONE",
+                            [f"recon:{next(iter(TOKENIZERS))}"]))
     return jobs
 
 
 def execute(jobs: list[Job], workers: int, logfile: Path) -> int:
     """Run jobs ``workers`` at a time, each once its dependencies are done; returns the failure count."""
     state = {j.name: ("done" if j.done.exists() else "todo") for j in jobs}
-    by_name = {j.name: j for j in jobs}
     cv = threading.Condition()
     failures = 0
 
@@ -258,7 +267,6 @@ def execute(jobs: list[Job], workers: int, logfile: Path) -> int:
                 state[j.name] = result
                 cv.notify_all()
 
-    assert all(d in by_name or True for j in jobs for d in j.deps)
     threads = [threading.Thread(target=worker) for _ in range(workers)]
     for th in threads:
         th.start()

@@ -36,6 +36,7 @@ class Inputs:
     replication_dumps: dict[str, Path]          # tokenizer name -> training dump
     replication: Path                           # figures/replication.json
     language: Path                              # figures/language.json
+    replication_results: Path | None = None     # results/replication (sample grids)
     subset_sizes: Sequence[int] = (1000, 2000, 4000, 8000, 16000, 30000)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -320,6 +321,23 @@ def replication_memorization(inp: Inputs, out: Path) -> list[Path]:
     return save(fig, out / "replication_memorization")
 
 
+def replication_samples(inp: Inputs, out: Path) -> list[Path]:
+    """Sample grids (CodebookSize-Aware CFG, one column per class) of the regularized seed-0 runs."""
+    from PIL import Image
+
+    runs = [r for r in _read_json(inp.replication)["runs"] if r["regularized"] and r["seed"] == 0]
+    grids = [(r, inp.replication_results / "ar" / r["name"] / "grid_cfg_aware.png") for r in runs]
+    grids = [(r, p) for r, p in grids if p.is_file()]
+    fig = _figure(figsize=(9, 2.0 * max(len(grids), 1)))
+    axes = np.atleast_1d(fig.subplots(max(len(grids), 1), 1, squeeze=False)).ravel()
+    for ax, (r, p) in zip(axes, grids):
+        ax.imshow(np.asarray(Image.open(p)), interpolation="nearest")
+        ax.set_title(f"{_run_title(r)}: dFID {r.get('dfid_cfg_aware') or float('nan'):.1f}", fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    return save(fig, out / "replication_samples", pdf=False)
+
+
 # ------------------------------------------------------------------------------------ driver
 
 def _has_replication(inp: Inputs) -> bool:
@@ -338,6 +356,8 @@ OUTPUTS: dict[str, tuple[Callable[[Inputs, Path], list[Path]], Callable[[Inputs]
     "replication_tables": (replication_tables, _has_replication),
     "replication_nll": (replication_nll, _has_replication),
     "replication_memorization": (replication_memorization, _has_replication),
+    "replication_samples": (replication_samples, lambda inp: _has_replication(inp) and inp.replication_results is not None
+                            and any((inp.replication_results / "ar").glob("*/grid_cfg_aware.png"))),
 }
 
 

@@ -3,7 +3,7 @@
 Per AR run the results folder holds ``nll.json`` (per-position NLL in bits on training and held-out
 rows, and the training rows' class-conditional entropy H(X_t | X_<t, c)), ``config.json`` and one
 ``eval_SETTING.json`` per sampling setting (``vcq evaluate``); per tokenizer, ``jpeg.json``
-(:func:`vcq.jpeg_anchor.jpeg_at_bpp`) and the token dumps.
+(:func:`vcq.jpeg_anchor.jpeg_at_bpp`), ``recon.json`` (``vcq evaluate --tokenizer``) and the token dumps.
 
 The memorization regime (:func:`regime`): averaged over positions t > t*_sustained of the data,
 train NLL < 0.5 bit/token while held-out NLL > 1 bit/token -- the model reproduces its training
@@ -70,8 +70,10 @@ def _fid(ev: dict | None) -> float | None:
     return float(g.get("dFID", g.get("FID")))
 
 
-def run_record(res: Path, run: dict[str, Any], tok: dict[str, Any], jpeg: dict | None) -> dict[str, Any]:
-    """One entry of ``runs`` in ``figures/replication.json`` from a run's results folder."""
+def run_record(res: Path, run: dict[str, Any], tok: dict[str, Any], jpeg: dict | None,
+               recon: dict | None = None) -> dict[str, Any]:
+    """One entry of ``runs`` in ``figures/replication.json`` from a run's results folder (``jpeg``,
+    ``recon``: the tokenizer's ``jpeg.json`` and ``recon.json``)."""
     nll = _read(res / "nll.json")
     if nll is None:
         raise EntropyCliffError(f"{res}: no nll.json (the run has not finished training)")
@@ -93,7 +95,7 @@ def run_record(res: Path, run: dict[str, Any], tok: dict[str, Any], jpeg: dict |
         "regularized": bool(run["regularized"]), "steps": int(nll.get("step", cfg.get("train", {}).get("steps", 0))),
         "seed": int(run["seed"]), "N": N,
         "t_star_theory": t_star(N, K) if K else None, "t_star_sustained": ts_meas,
-        "psnr": (any_ev or {}).get("reconstruction", {}).get("psnr"),
+        "psnr": (recon or any_ev or {}).get("reconstruction", {}).get("psnr"),
         "psnr_jpeg": jpeg["psnr"] if jpeg else None, "jpeg": jpeg,
         "dfid_nocfg": _fid(ev["nocfg"]), "dfid_cfg": _fid(ev["cfg"]), "dfid_cfg_aware": _fid(ev["cfg_aware"]),
         "dfid_heldout_real": ((main or {}).get("generation") or {}).get("reference_heldout_real", {}).get("dFID"),
@@ -122,5 +124,6 @@ def collect(results: str | Path, runs: Sequence[dict[str, Any]], tokenizers: dic
         if not (res / "nll.json").is_file():
             out["missing"].append(r["name"])
             continue
-        out["runs"].append(run_record(res, r, tokenizers[r["tok"]], _read(results / r["tok"] / "jpeg.json")))
+        tok_dir = results / r["tok"]
+        out["runs"].append(run_record(res, r, tokenizers[r["tok"]], _read(tok_dir / "jpeg.json"), _read(tok_dir / "recon.json")))
     return out

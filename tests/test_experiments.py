@@ -46,7 +46,13 @@ def test_figure_pipeline_on_tiny_inputs(tmp_path):
     lang = tmp_path / "language.json"
     lang.write_text(json.dumps({"N": 200, "L": 16, "vocab": 300, "H_cond": list(np.linspace(8, 0, 16)),
                                 "t_star_sustained": 15}))
-    inp = Inputs(demo=demo, replication_dumps=demo, replication=rep, language=lang, subset_sizes=(100, 200))
+    grid = tmp_path / "results" / "ar" / "c"
+    grid.mkdir(parents=True)
+    from PIL import Image
+
+    Image.fromarray(np.zeros((20, 40, 3), np.uint8)).save(grid / "grid_cfg_aware.png")
+    inp = Inputs(demo=demo, replication_dumps=demo, replication=rep, language=lang, subset_sizes=(100, 200),
+                 replication_results=tmp_path / "results")
     out = tmp_path / "figs"
     done = build(inp, out)
     assert set(done) == set(OUTPUTS)
