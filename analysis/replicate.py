@@ -36,14 +36,13 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from entropy_cliff.jobs import Job, run_jobs  # noqa: E402
 
 KMAX, LENGTH = 1024, 32
 TOKENIZERS: dict[str, dict] = {
@@ -89,14 +88,6 @@ SAMPLINGS = {
 }
 
 
-@dataclass
-class Job:
-    name: str
-    action: Callable[[], None]
-    done: Path  # marker written after success
-    deps: list[str] = field(default_factory=list)
-
-
 class Layout:
     """Where everything goes: checkpoints under ``work``, committed results under ``results``."""
 
@@ -124,17 +115,6 @@ def labels_of(tokens: Path) -> Path:
 
 def vcq(*args: object) -> list[str]:
     return [sys.executable, "-m", "vcq.cli", *map(str, args)]
-
-
-LOG_LOCK = threading.Lock()
-
-
-def log(msg: str, logfile: Path) -> None:
-    line = f"{time.strftime('%H:%M:%S')} {msg}"
-    with LOG_LOCK:
-        print(line, flush=True)
-        with open(logfile, "a") as f:
-            f.write(line + "\n")
 
 
 def run(cmd: list[str]) -> None:
@@ -221,60 +201,6 @@ def eval_jobs(lay: Layout) -> list[Job]:
     return jobs
 
 
-def execute(jobs: list[Job], workers: int, logfile: Path) -> int:
-    """Run jobs ``workers`` at a time, each once its dependencies are done; returns the failure count."""
-    state = {j.name: ("done" if j.done.exists() else "todo") for j in jobs}
-    cv = threading.Condition()
-    failures = 0
-
-    def next_job() -> Job | None:
-        while True:
-            todo = [j for j in jobs if state[j.name] == "todo"]
-            if not todo:
-                return None
-            for j in todo:
-                if any(state.get(d, "done") == "failed" for d in j.deps):
-                    state[j.name] = "failed"
-                    log(f"skip {j.name}: a dependency failed", logfile)
-                    cv.notify_all()
-                    break
-                if all(state.get(d, "done") == "done" for d in j.deps):
-                    state[j.name] = "running"
-                    return j
-            else:
-                cv.wait()
-
-    def worker() -> None:
-        nonlocal failures
-        while True:
-            with cv:
-                j = next_job()
-            if j is None:
-                return
-            t0 = time.perf_counter()
-            log(f"start {j.name}", logfile)
-            try:
-                j.action()
-                j.done.parent.mkdir(parents=True, exist_ok=True)
-                j.done.write_text(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {time.perf_counter() - t0:.0f} s\n")
-                result = "done"
-                log(f"done  {j.name} ({time.perf_counter() - t0:.0f} s)", logfile)
-            except Exception as e:  # noqa: BLE001 -- one failed job must not stop the others
-                result = "failed"
-                failures += 1
-                log(f"FAIL  {j.name}: {e}", logfile)
-            with cv:
-                state[j.name] = result
-                cv.notify_all()
-
-    threads = [threading.Thread(target=worker) for _ in range(workers)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    return failures
-
-
 def make_quick() -> None:
     """Shrink every budget so that the whole pipeline runs in a few minutes (a smoke test)."""
     global N, N_VAL, AR_STEPS, N_SAMPLES
@@ -300,9 +226,9 @@ def main() -> None:
     logfile = lay.work / "log.txt"
     failures = 0
     if args.stage in ("train", "all"):
-        failures += execute(train_jobs(lay), args.jobs, logfile)
+        failures += run_jobs(train_jobs(lay), args.jobs, logfile)
     if args.stage in ("eval", "all") and not failures:
-        failures += execute(eval_jobs(lay), args.jobs, logfile)
+        failures += run_jobs(eval_jobs(lay), args.jobs, logfile)
     if args.stage in ("collect", "all") and not failures:
         from entropy_cliff.io import write_json_atomic
         from entropy_cliff.replication import collect
@@ -315,7 +241,7 @@ def main() -> None:
                                                          "CodebookSize-Aware CFG samples"}
         runs = [{"name": r.name, "tok": r.tok, "regularized": r.regularized, "seed": r.seed} for r in AR_RUNS]
         write_json_atomic(args.out, collect(lay.results, runs, TOKENIZERS, settings))
-        log(f"wrote {args.out}", logfile)
+        print(f"wrote {args.out}")
     if failures:
         sys.exit(f"{failures} job(s) failed; see {logfile}; re-run to retry them")
 

@@ -88,11 +88,18 @@ def _read_json(p: Path) -> dict | None:
 
 
 def _dump(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
+    X, K, label, _ = _dump_meta(path)
+    return X, K, label
+
+
+def _dump_meta(path: Path) -> tuple[np.ndarray, np.ndarray, str, int | None]:
+    """Tokens, K_t, schedule label and image side (from the sidecar's ``source.image_size``, else None)."""
     X = load_tokens(path)
     meta = read_sidecar(path) or {}
     K = np.asarray(meta.get("K") or [int(X.max()) + 1] * X.shape[1])
     label = Schedule.from_dict(meta["schedule"], X.shape[1]).label if meta.get("schedule") else path.stem
-    return X, K, label
+    side = (meta.get("source") or {}).get("image_size")
+    return X, K, label, int(side) if side else None
 
 
 def _measure(X: np.ndarray, K: np.ndarray):
@@ -121,17 +128,17 @@ def table2(inp: Inputs, out: Path) -> list[Path]:
              "t_star_theory": theory.t_star(IMAGENET_N, s.K)} for s in paper_table2()]
     for name, path in {**{f"demo {k}": p for k, p in inp.demo.items()},
                        **{f"replication {k}": p for k, p in inp.replication_dumps.items()}}.items():
-        X, K, label = _dump(path)
+        X, K, label, side = _dump_meta(path)
         m = _measure(X, K)
         rows.append({"schedule": label, "source": f"measured: {name} dump", "N": m.N, "L": m.L,
                      "K_min": int(K.min()), "K_max": int(K.max()), "mean_K": round(float(K.mean()), 1),
-                     "bpp": round(float(np.log2(K).sum()) / (32 * 32), 4), "t_star_theory": theory.t_star(m.N, K),
+                     "bpp": round(float(np.log2(K).sum()) / side**2, 4) if side else None, "t_star_theory": theory.t_star(m.N, K),
                      "t_star_budget": m.t_star_budget(), "t_star_threshold": m.t_star_threshold(EPSILON),
                      "t_star_sustained": m.t_star_sustained(EPSILON)})
     return write_table(rows, out / "tables" / "table2",
                        "Table 2: schedules; theoretical t* (Eq. 1) and, per dump, measured t* "
                        "(budget: log2 N - H(X<=t) <= 0.5; threshold: first H_t < 0.5; sustained: H_s < 0.5 for all s >= t)"
-                       "; bpp of dumps for 32x32 crops")
+                       "; a dump's bpp uses the image side in its sidecar")
 
 
 # ------------------------------------------------------------------------------------ Fig. 2

@@ -173,3 +173,27 @@ def test_dedupe_and_windows():
     rec = entropy_record(np.array([[1, 2], [1, 3], [2, 2], [2, 2]]), 4)
     assert rec["H_cond"][0] == pytest.approx(1.0) and rec["H_cond"][1] == pytest.approx(0.5)
     assert rec["t_star_sustained"] is None and rec["vocab"] == 4
+
+
+def test_run_jobs_order_failures_and_resume(tmp_path):
+    from entropy_cliff.jobs import Job, run_jobs
+
+    ran: list[str] = []
+
+    def act(name, fail=False):
+        def f():
+            if fail:
+                raise RuntimeError("boom")
+            ran.append(name)
+        return f
+
+    def jobs(fail_b):
+        return [Job("a", act("a"), tmp_path / "a"), Job("b", act("b", fail_b), tmp_path / "b", ["a"]),
+                Job("c", act("c"), tmp_path / "c", ["b"]), Job("d", act("d"), tmp_path / "d", ["a"])]
+
+    assert run_jobs(jobs(True), workers=2, logfile=tmp_path / "log") == 2  # b failed, c skipped
+    assert sorted(ran) == ["a", "d"] and not (tmp_path / "c").exists()
+    assert "FAIL  b: boom" in (tmp_path / "log").read_text()
+    ran.clear()
+    assert run_jobs(jobs(False), workers=2) == 0  # resume: a and d are done, b then c run
+    assert ran == ["b", "c"]
