@@ -212,8 +212,9 @@ def tstar_vs_N(inp: Inputs, out: Path) -> list[Path]:
 
 
 def frontier_fig(inp: Inputs, out: Path) -> list[Path]:
-    """Mean K_t against theoretical t* per schedule family, at paper scale and at our scale, and the
-    best schedule per family for a few targets T (``entropy-cliff schedule --target-t``)."""
+    """Per schedule family, the largest mean K_t at each theoretical t* it reaches (the frontier), at
+    paper scale and at our scale, and the best schedule per family for a few targets T
+    (``entropy-cliff schedule --target-t``)."""
     from entropy_cliff.frontier import best_for_target, frontier
 
     scales = [("paper scale: N = 1.28M, K_max = 16384, L = 256", IMAGENET_N, 16384, 256, (2, 4, 6, 9, 12)),
@@ -223,10 +224,13 @@ def frontier_fig(inp: Inputs, out: Path) -> list[Path]:
     for ax, (title, N, kmax, L, targets) in zip(fig.subplots(1, 2), scales):
         pts = frontier(N, kmax, L)
         for i, fam in enumerate(("constant", "linear", "cosine", "power")):
-            p = [x for x in pts if x["family"] == fam and x["t_star"] is not None]
-            p.sort(key=lambda x: (x["t_star"], -x["mean_K"]))
-            ax.plot([x["t_star"] for x in p], [x["mean_K"] for x in p], "o-" if fam != "linear" else "D",
-                    color=f"C{i}", ms=3, label=fam)
+            best: dict[int, float] = {}  # the family's best mean K_t at each reachable t*
+            for x in pts:
+                if x["family"] == fam and x["t_star"] is not None:
+                    best[x["t_star"]] = max(best.get(x["t_star"], 0.0), x["mean_K"])
+            t = sorted(best)
+            ax.plot(t, [best[k] for k in t], "o-" if fam != "linear" else "D", color=f"C{i}",
+                    ms=4 if fam != "linear" else 8, zorder=3 if fam == "linear" else 2, label=fam)
         ax.set_yscale("log", base=2)
         ax.set_xlabel("theoretical t*")
         ax.set_ylabel("mean K_t")
