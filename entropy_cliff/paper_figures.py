@@ -67,12 +67,12 @@ def write_table(rows: list[dict[str, Any]], stem: Path, title: str = "") -> list
 
 
 def save(fig, stem: Path, pdf: bool = True) -> list[Path]:
-    """``stem.png`` (and ``stem.pdf``), atomically."""
+    """``stem.png`` (and ``stem.pdf``, without a creation date so that reruns are byte-identical), atomically."""
     out = []
     for ext in ("png", "pdf") if pdf else ("png",):
         p = stem.with_suffix(f".{ext}")
         with atomic_path(p) as tmp:
-            fig.savefig(tmp, format=ext, dpi=150)
+            fig.savefig(tmp, format=ext, dpi=150, metadata={"CreationDate": None} if ext == "pdf" else None)
         out.append(p)
     return out
 
