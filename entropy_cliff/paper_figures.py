@@ -152,10 +152,12 @@ def _curve_from_H(label: str, H: np.ndarray, K: np.ndarray, N: int):
 
 
 def fig2a(inp: Inputs, out: Path) -> list[Path]:
-    """H_t and remaining budget of the constant and VCQ image dumps and the text corpus, at one N."""
+    """H_t and remaining budget of the constant and cosine VCQ image dumps (replication dumps, else the
+    demo dumps, cut to the text's N) and the text corpus, at one N."""
     lang = _read_json(inp.language)
     N = int(lang["N"]) if lang else None
     dumps = inp.replication_dumps or inp.demo
+    dumps = {k: p for k, p in dumps.items() if k in ("constant", "cosine")} or dumps  # the paper's pair
     curves = []
     for name, path in dumps.items():
         X, K, label = _dump(path)
