@@ -81,6 +81,7 @@ AR_RUNS = ([ARRun("constant", True, 0), ARRun("cosine", True, 0), ARRun("constan
 # sampling: T = 1 without guidance; the pow-cosine ramp of the paper (scale 4, p 1.5) without and
 # with the CodebookSize-Aware gating (Eq. 4)
 N_SAMPLES = 600
+N_CLASSES = 15  # source images of the patches data
 SAMPLINGS = {
     "nocfg": ["--schedule", "none", "--temperature", "1.0"],
     "cfg": ["--scale", "4", "--schedule", "cosine", "--power", "1.5", "--no-codebook-aware"],
@@ -185,12 +186,14 @@ def eval_jobs(lay: Layout) -> list[Job]:
     for r in AR_RUNS:
         for setting, flags in SAMPLINGS.items():
             def sample_eval(r: ARRun = r, setting: str = setting, flags: list[str] = flags) -> None:
-                d = lay.ar(r) / f"samples_{setting}"
+                d, g = lay.ar(r) / f"samples_{setting}", lay.ar(r) / f"grid_{setting}"
                 if not (d / "tokens.npy").exists():
-                    run(vcq("sample", "--ckpt", lay.ar(r), "--tokenizer", lay.tok(r.tok), "--n", N_SAMPLES,
-                            "--cols", 15, *flags, "--seed", 1, "--out", d, "--quiet"))
-                if (d / "grid.png").is_file():
-                    shutil.copy2(d / "grid.png", lay.ar_results(r) / f"grid_{setting}.png")
+                    run(vcq("sample", "--ckpt", lay.ar(r), "--n", N_SAMPLES, *flags, "--seed", 1, "--out", d, "--quiet"))
+                if not (g / "grid.png").exists():  # 3 samples per class, one column per class, decoded
+                    run(vcq("sample", "--ckpt", lay.ar(r), "--tokenizer", lay.tok(r.tok), "--n", 3 * N_CLASSES,
+                            "--cols", N_CLASSES, *flags, "--seed", 2, "--out", g, "--quiet"))
+                lay.ar_results(r).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(g / "grid.png", lay.ar_results(r) / f"grid_{setting}.png")
                 ev = lay.ar_results(r) / f"eval_{setting}.json"
                 run(vcq("evaluate", "--samples", d, "--ckpt", lay.ar(r), "--tokenizer", lay.tok(r.tok),
                         "--cache-dir", lay.work / "dfid-cache", "--probe-k", "1,3,all", "--seed", 0,
