@@ -31,7 +31,6 @@ small results under ``--results`` (committed).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess

@@ -14,7 +14,7 @@ import csv
 import io
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -38,7 +38,6 @@ class Inputs:
     language: Path                              # figures/language.json
     replication_results: Path | None = None     # results/replication (sample grids)
     subset_sizes: Sequence[int] = (1000, 2000, 4000, 8000, 16000, 30000)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------ writers

@@ -87,7 +87,6 @@ def run_record(res: Path, run: dict[str, Any], tok: dict[str, Any], jpeg: dict |
     main = ev["cfg_aware"] or ev["cfg"] or ev["nocfg"]
     mem = (ev["nocfg"] or {}).get("memorization", {})
     any_ev = next((e for e in ev.values() if e), None)
-    length = L
     return {
         "name": run["name"], "tokenizer": run["tok"],
         "schedule": tok["schedule"], "kmin": int(tok["kmin"]), "kmax": int(tok["kmax"]),
@@ -105,7 +104,7 @@ def run_record(res: Path, run: dict[str, Any], tok: dict[str, Any], jpeg: dict |
         "memorization_mean_prefix": (mem.get("generated") or {}).get("mean_prefix"),
         "memorization_heldout_real": (mem.get("heldout_real") or {}).get("exact_copy"),
         "memorization_prefix_share": (mem.get("generated") or {}).get("prefix_share"),
-        "probe_first10": _probe(any_ev, max(1, int(0.1 * length))), "probe_all": _probe(any_ev, length),
+        "probe_first10": _probe(any_ev, max(1, int(0.1 * L))), "probe_all": _probe(any_ev, L),
         "H_cond": [float(h) for h in H], "nll_train": [float(x) for x in nll["train_nll_bits"]],
         "nll_val": [float(x) for x in nll["val_nll_bits"]],
         "regime": regime(nll["train_nll_bits"], nll["val_nll_bits"], ts_meas),
