@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 EC     := $(VENV)/bin/entropy-cliff
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean figures replicate
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_measure.py
 	$(PY) benchmarks/bench_tokenizer.py --steps 20 --threads 1 --workers 0,2
+
+figures: $(STAMP)
+	OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 $(PY) analysis/make_figures.py
+
+# CPU mini-replication (about an hour on 2 cores; a killed run continues where it stopped)
+replicate: $(STAMP)
+	$(PY) analysis/replicate.py --stage all
+	$(PY) analysis/language.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis demo-out

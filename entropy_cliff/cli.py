@@ -223,8 +223,10 @@ def _schedule_summary(s: Schedule, N: int, image_size: int) -> dict[str, Any]:
               help="image side in pixels, for bits per pixel.")
 @click.option("--table", is_flag=True, help="print the paper's Table 2 (six schedules, L = 256, K_min = 2).")
 @click.option("--plot", type=click.Path(dir_okay=False), help="also write a PNG of K_t and C(t).")
+@click.option("--target-t", type=click.IntRange(min=1), metavar="T",
+              help="per family, the schedule with theoretical t* >= T and the largest mean K_t.")
 @format_option
-def schedule(kind, kmin, kmax, power, schedule_file, length, N, image_size, table, plot, fmt):
+def schedule(kind, kmin, kmax, power, schedule_file, length, N, image_size, table, plot, fmt, target_t=None):
     """K_t per position, mean K, bits per pixel, C(t) and t* of a codebook-size schedule.
 
     \b
@@ -234,6 +236,8 @@ def schedule(kind, kmin, kmax, power, schedule_file, length, N, image_size, tabl
     """
     if N < 2:
         raise EntropyCliffError(f"--N must be at least 2, got {N}")
+    if target_t is not None:
+        return _target_t(target_t, N, kmin, kmax, length, fmt)
     if table:
         scheds = paper_table2(length, kmin)
     else:
@@ -263,6 +267,20 @@ def schedule(kind, kmin, kmax, power, schedule_file, length, N, image_size, tabl
         from entropy_cliff.plots import save_figure, schedule_figure
         save_figure(schedule_figure(scheds, N), plot)
         click.echo(f"wrote {plot}", err=True)
+
+
+def _target_t(target_t: int, N: int, kmin: int, kmax: int | None, length: int, fmt: str) -> None:
+    from entropy_cliff.frontier import best_for_target
+
+    if kmax is None:
+        raise EntropyCliffError("give --kmax K with --target-t")
+    rows = best_for_target(target_t, N, kmax, length, kmin)
+    flat = [{**{k: v for k, v in r.items() if k != "schedule"}, "feasible": "yes" if r["feasible"] else "no"} for r in rows]
+    text = (f"Largest mean K_t with theoretical t* >= {target_t} (N = {N:,}, L = {length}, K_max = {kmax}, "
+            f"K_min = {kmin}; free parameter: constant K, cosine K_min, power p):\n"
+            + _table(flat, {"family": "family", "param": "parameter", "label": "schedule", "mean_K": ("mean K", ".1f"),
+                            "t_star": "t* (theory)", "feasible": "feasible"}))
+    _emit(fmt, {"target_t": target_t, "N": N, "length": length, "kmin": kmin, "kmax": kmax, "families": rows}, flat, text)
 
 
 # ---------------------------------------------------------------------------- measure / compare
