@@ -251,7 +251,14 @@ def main() -> None:
     ap.add_argument("--big", action="store_true", help="also measure 10M x 256 uint16 from disk (5.1 GB)")
     ap.add_argument("--repeat", type=int, default=3, help="timed repetitions of measure (best is shown)")
     ap.add_argument("--no-dask", action="store_true", help="skip the Dask weak-scaling case")
+    ap.add_argument("--baseline", metavar="FILE", type=Path,
+                    help="only run the baseline on FILE (memory-mapped .npy) as a whole process and print its H_t "
+                         "as JSON: the command `entropy-cliff measure FILE --format json` is timed against")
     args = ap.parse_args()
+    if args.baseline is not None:
+        H = baseline_conditional_entropy(np.load(args.baseline, mmap_mode="r"))
+        print(json.dumps({"H_cond": H.tolist()}))
+        return
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} "
           f"(other processes share the cores; timings are wall clock)")
     cases = [("(a) ImageNet-shaped", case_a()), ("(b) worst case, every row twice", case_b())]

@@ -381,15 +381,14 @@ def _rehash(ids, keys, d, cap):
 
 
 @nb.njit(cache=True, nogil=True)
-def _scan_rows(B, a, b, flip, offsets, K_u, cn, mn, mx, do_count, tb):
-    """Column minima/maxima of rows ``a..b-1`` of ``B`` and, if ``do_count``, marginal histograms.
+def _count_rows(B, a, b, offsets, K_u, cn, tb):
+    """Marginal histograms of rows ``a..b-1`` of ``B``, added to ``cn``.
 
-    ``B`` holds the tokens' bits as unsigned integers; ``v = bits ^ flip`` (``flip`` = the sign bit
-    for a signed dtype, else 0) orders them like the tokens, so ``mn``/``mx`` get the extremes of v.
-    Token x at position t goes to bin ``offsets[t] + x`` of ``cn`` when its bits are ``< K_t``
-    (every valid token; a negative one is caught by the minimum). Rows are transposed a tile at a
-    time into ``tb`` (rows padded by ``_PAD`` so that its columns do not share cache sets), so that
-    each position's bins are filled from contiguous tokens while they sit in cache.
+    ``B`` holds the tokens' bits as unsigned integers; token bits u at position t go to bin
+    ``offsets[t] + u`` of ``cn`` when ``u < K_t`` (every valid token; an invalid one, which the
+    value check reports, is never written outside its position's bins). Rows are transposed a
+    tile at a time into ``tb`` (rows padded by ``_PAD`` so that its columns do not share cache
+    sets), so that each position's bins are filled from contiguous tokens while they sit in cache.
     """
     L = B.shape[1]
     R = tb.shape[1] - _PAD
@@ -398,33 +397,25 @@ def _scan_rows(B, a, b, flip, offsets, K_u, cn, mn, mx, do_count, tb):
         for i in range(r):
             row = B[i0 + i]
             for t in range(L):
-                v = row[t] ^ flip
-                mn[t] = min(mn[t], v)
-                mx[t] = max(mx[t], v)
-        if do_count:
+                tb[t, i] = row[t]
+        for t in range(L):
+            off = offsets[t]
+            kt = K_u[t]
+            col = tb[t]
             for i in range(r):
-                row = B[i0 + i]
-                for t in range(L):
-                    tb[t, i] = row[t]
-            for t in range(L):
-                off = offsets[t]
-                kt = K_u[t]
-                col = tb[t]
-                for i in range(r):
-                    u = np.uint64(col[i])
-                    if u < kt:
-                        cn[off + np.int64(u)] += 1
+                u = np.uint64(col[i])
+                if u < kt:
+                    cn[off + np.int64(u)] += 1
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
-def _scan_block(B, flip, offsets, K_u, counts, mins, maxs, do_count, buf):
-    """:func:`_scan_rows` on a row block, thread k taking rows ``[n k / T, n (k+1) / T)`` into
-    its private ``mins[k]``, ``maxs[k]``, ``counts[k]``, ``buf[k]``."""
-    T = mins.shape[0]
+def _count_block(B, offsets, K_u, counts, buf):
+    """:func:`_count_rows` on a row block, thread k taking rows ``[n k / T, n (k+1) / T)`` into
+    its private ``counts[k]`` and ``buf[k]``."""
+    T = counts.shape[0]
     n = B.shape[0]
     for k in nb.prange(T):
-        _scan_rows(B, n * k // T, n * (k + 1) // T, flip, offsets, K_u, counts[k], mins[k], maxs[k], do_count,
-                   buf[k])
+        _count_rows(B, n * k // T, n * (k + 1) // T, offsets, K_u, counts[k], buf[k])
 
 
 # ----------------------------------------------------------------------------- Python API
@@ -580,7 +571,8 @@ def _prefix_sums(parts: list[np.ndarray], weights: np.ndarray | None, small_grou
     if W == 0:
         raise EntropyCliffError("all weights are zero")
     n_rows = rows.size
-    all_apart = float(estimators.xlog2x(w).sum())  # sum c log2 c once every row is its own prefix
+    # sum c log2 c once every row is its own prefix (0 for unit weights)
+    all_apart = 0.0 if weights is None else float(estimators.xlog2x(w).sum())
     S_act = np.zeros(L + 1)
     G_act = np.zeros(L + 1, np.int64)
     S_diff = np.zeros(L + 2)
@@ -645,45 +637,49 @@ def prefix_entropy(
     return H[1:], G[1:]
 
 
-def _scan(parts: list[np.ndarray], K: np.ndarray | None, progress: bool):
-    """One pass in row blocks over every part: per-position min and max (as Python ints), and
-    marginal counts (int64, positions concatenated) when ``K`` is given (``sum K_t`` bins)."""
+def _extremes(parts: list[np.ndarray]) -> tuple[list[int], list[int]]:
+    """Per-position minimum and maximum token over every part, as Python ints (NumPy reductions:
+    one streaming read per extreme, no copy)."""
+    lo = np.min([P.min(axis=0) for P in parts], axis=0).tolist()
+    hi = np.max([P.max(axis=0) for P in parts], axis=0).tolist()
+    return lo, hi
+
+
+def _histograms(parts: list[np.ndarray], K: np.ndarray, progress: bool) -> np.ndarray:
+    """Marginal counts (int64, positions concatenated: ``sum K_t`` bins) in one pass over row
+    blocks, threads keeping private counts. Tokens outside ``[0, K_t)`` are not counted."""
     N, L = sum(P.shape[0] for P in parts), parts[0].shape[1]
     T = nb.get_num_threads()
     dt = parts[0].dtype.newbyteorder("=")
     ut = np.dtype(f"=u{dt.itemsize}")
-    flip = ut.type(1 << (8 * dt.itemsize - 1) if dt.kind == "i" else 0)
-    mins = np.full((T, L), np.iinfo(ut).max, dtype=ut)
-    maxs = np.zeros((T, L), dtype=ut)
-    ctype = np.int32 if N < 2**31 else np.int64
-    if K is not None:
-        bins = sum(K.tolist())  # Python ints: no overflow before the size check
-        if bins > MAX_DENSE_BINS:
-            raise EntropyCliffError(f"{bins} marginal histogram bins exceed {MAX_DENSE_BINS}")
-        offsets = np.concatenate(([0], np.cumsum(K)[:-1])).astype(np.int64)
-        counts = np.zeros((T, bins), dtype=ctype)
-        K_u = K.astype(np.uint64)
-    else:
-        offsets = np.zeros(L, np.int64)
-        counts = np.zeros((T, 0), dtype=ctype)
-        K_u = np.zeros(L, np.uint64)
+    bins = sum(K.tolist())  # Python ints: no overflow before the size check
+    if bins > MAX_DENSE_BINS:
+        raise EntropyCliffError(f"{bins} marginal histogram bins exceed {MAX_DENSE_BINS}")
+    offsets = np.concatenate(([0], np.cumsum(K)[:-1])).astype(np.int64)
+    counts = np.zeros((T, bins), dtype=np.int32 if N < 2**31 else np.int64)
+    K_u = K.astype(np.uint64)
     row_bytes = L * dt.itemsize
     step = max(1, _BLOCK_BYTES // row_bytes)
     tile = min(max(1, _TILE_BYTES // row_bytes), -(-N // T))
-    buf = np.empty((T, L, tile + _PAD) if K is not None else (T, 0, _PAD + 1), dtype=ut)
+    buf = np.empty((T, L, tile + _PAD), dtype=ut)
     bar = _bar(progress, N, "scan", "row")
     for X in parts:
         for r0 in range(0, X.shape[0], step):
             B = np.ascontiguousarray(X[r0 : r0 + step], dtype=dt).view(ut)  # a copy only for a strided block
             B.flags.writeable = False  # one compiled kernel for memory maps and in-memory arrays alike
-            _scan_block(B, flip, offsets, K_u, counts, mins, maxs, K is not None, buf)
+            _count_block(B, offsets, K_u, counts, buf)
             if bar is not None:
                 bar.update(B.shape[0])
     if bar is not None:
         bar.close()
-    lo = (mins.min(axis=0) ^ flip).view(dt).tolist()
-    hi = (maxs.max(axis=0) ^ flip).view(dt).tolist()
-    return lo, hi, (counts.sum(axis=0, dtype=np.int64) if K is not None else None)
+    return counts[0].astype(np.int64) if T == 1 else counts.sum(axis=0, dtype=np.int64)
+
+
+def _scan(parts: list[np.ndarray], K: np.ndarray | None, progress: bool):
+    """Per-position min and max (as Python ints) and marginal counts (:func:`_histograms`) when
+    ``K`` is given."""
+    lo, hi = _extremes(parts)
+    return lo, hi, (_histograms(parts, K, progress) if K is not None else None)
 
 
 def _check_values(mins: list[int], maxs: list[int], K: np.ndarray | None) -> None:
@@ -727,7 +723,10 @@ def _dense_histograms(K: np.ndarray) -> bool:
 def _marginal_from_counts(N: int, K: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """``M_t = log2 N - (1/N) sum_x c_{t,x} log2 c_{t,x}`` from histograms concatenated by position."""
     offsets = np.concatenate(([0], np.cumsum(K)[:-1]))
-    s = np.add.reduceat(estimators.xlog2x(counts), offsets)
+    top = int(counts.max())
+    # Counts repeat (sum K_t bins, few distinct values): look c log2 c up instead of computing it.
+    terms = estimators.xlog2x(np.arange(top + 1))[counts] if top < counts.size else estimators.xlog2x(counts)
+    s = np.add.reduceat(terms, offsets)
     return math.log2(N) - s / N
 
 
@@ -788,13 +787,12 @@ def measure(
         raise EntropyCliffError(f"bootstrap must be >= 0, got {bootstrap}")
     if bootstrap:
         estimators.basic_interval(np.zeros(1), np.zeros((1, 1)), confidence)  # validates the level early
-    mins, maxs, counts = _scan(parts, K if K is not None and _dense_histograms(K) else None, show)
+    mins, maxs = _extremes(parts)
     _check_values(mins, maxs, K)
     K_inferred = K is None
     if K_inferred:
         K = _inferred_codebook(maxs, L)
-        if _dense_histograms(K):
-            counts = _scan(parts, K, show)[2]
+    counts = _histograms(parts, K, show) if _dense_histograms(K) else None
     S, G, _ = _prefix_sums(parts, None, small_group, show)
     H_marginal = _marginal_entropy(parts, K, counts)
     m = measurement_from_sums(N, K, K_inferred, S, G, H_marginal)
