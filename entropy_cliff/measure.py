@@ -21,8 +21,9 @@ prefix lengths ``<= p``, accumulated in per-position difference arrays. The loop
 no group is active, so a corpus whose prefixes become distinct at t = 2 costs little more than two
 columns. Row weights (integer multiplicities) make the same kernel compute the bootstrap.
 
-The value checks and marginal histograms take one pass over the corpus in row blocks (threads keep
-private counts); the corpus, memory-mapped or not, is never copied whole.
+The value checks are two NumPy reductions (per-position minimum and maximum); the marginal
+histograms take one pass over the corpus in row blocks (threads keep private counts); the corpus,
+memory-mapped or not, is never copied whole.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import contextlib
 import dataclasses
 import math
 import sys
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -51,7 +53,9 @@ MAX_DENSE_BINS = 1 << 25
 #: Corpora with at least this many tokens show a progress bar when stderr is a terminal.
 PROGRESS_MIN_TOKENS = 1 << 26
 _BLOCK_BYTES = 1 << 26
-_TILE_BYTES = 1 << 24
+_TILE_BYTES = 1 << 25
+_MAX_TILE_ROWS = (1 << 16) - 1  # 16-bit tile histograms
+_MIN_THREAD_ROWS = 1 << 14  # fewer rows per thread are not worth a thread
 _PAD = 32
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -381,19 +385,21 @@ def _rehash(ids, keys, d, cap):
 
 
 @nb.njit(cache=True, nogil=True)
-def _count_rows(B, a, b, offsets, K_u, cn, tb):
-    """Marginal histograms of rows ``a..b-1`` of ``B``, added to ``cn``.
+def _count_rows(B, offsets, K_u, cn, tb, loc):
+    """Marginal histograms of the rows of ``B``, added to ``cn``.
 
     ``B`` holds the tokens' bits as unsigned integers; token bits u at position t go to bin
     ``offsets[t] + u`` of ``cn`` when ``u < K_t`` (every valid token; an invalid one, which the
     value check reports, is never written outside its position's bins). Rows are transposed a
-    tile at a time into ``tb`` (rows padded by ``_PAD`` so that its columns do not share cache
-    sets), so that each position's bins are filled from contiguous tokens while they sit in cache.
+    tile of ``R`` rows at a time into ``tb`` (rows padded by ``_PAD`` so that its columns do not
+    share cache sets); each position's tokens are then counted from contiguous memory, into the
+    16-bit histogram ``loc`` (``R < 2^16`` rows: no overflow; half the cache of 32-bit counts)
+    that is added to ``cn`` once per tile, or straight into ``cn`` when ``K_t > R``.
     """
-    L = B.shape[1]
+    n, L = B.shape
     R = tb.shape[1] - _PAD
-    for i0 in range(a, b, R):
-        r = min(R, b - i0)
+    for i0 in range(0, n, R):
+        r = min(R, n - i0)
         for i in range(r):
             row = B[i0 + i]
             for t in range(L):
@@ -401,21 +407,21 @@ def _count_rows(B, a, b, offsets, K_u, cn, tb):
         for t in range(L):
             off = offsets[t]
             kt = K_u[t]
+            k = np.int64(kt)
             col = tb[t]
-            for i in range(r):
-                u = np.uint64(col[i])
-                if u < kt:
-                    cn[off + np.int64(u)] += 1
-
-
-@nb.njit(cache=True, nogil=True, parallel=True)
-def _count_block(B, offsets, K_u, counts, buf):
-    """:func:`_count_rows` on a row block, thread k taking rows ``[n k / T, n (k+1) / T)`` into
-    its private ``counts[k]`` and ``buf[k]``."""
-    T = counts.shape[0]
-    n = B.shape[0]
-    for k in nb.prange(T):
-        _count_rows(B, n * k // T, n * (k + 1) // T, offsets, K_u, counts[k], buf[k])
+            if k <= r:
+                loc[:k] = 0
+                for i in range(r):
+                    u = np.uint64(col[i])
+                    if u < kt:
+                        loc[np.int64(u)] += 1
+                for x in range(k):
+                    cn[off + x] += loc[x]
+            else:
+                for i in range(r):
+                    u = np.uint64(col[i])
+                    if u < kt:
+                        cn[off + np.int64(u)] += 1
 
 
 # ----------------------------------------------------------------------------- Python API
@@ -646,32 +652,54 @@ def _extremes(parts: list[np.ndarray]) -> tuple[list[int], list[int]]:
 
 
 def _histograms(parts: list[np.ndarray], K: np.ndarray, progress: bool) -> np.ndarray:
-    """Marginal counts (int64, positions concatenated: ``sum K_t`` bins) in one pass over row
-    blocks, threads keeping private counts. Tokens outside ``[0, K_t)`` are not counted."""
+    """Marginal counts (int64, positions concatenated: ``sum K_t`` bins) in one pass: T threads
+    (``NUMBA_NUM_THREADS``) each take a contiguous share of the rows, in blocks, into private
+    counts (:func:`_count_rows`). Tokens outside ``[0, K_t)`` are not counted."""
     N, L = sum(P.shape[0] for P in parts), parts[0].shape[1]
-    T = nb.get_num_threads()
     dt = parts[0].dtype.newbyteorder("=")
     ut = np.dtype(f"=u{dt.itemsize}")
     bins = sum(K.tolist())  # Python ints: no overflow before the size check
     if bins > MAX_DENSE_BINS:
         raise EntropyCliffError(f"{bins} marginal histogram bins exceed {MAX_DENSE_BINS}")
     offsets = np.concatenate(([0], np.cumsum(K)[:-1])).astype(np.int64)
-    counts = np.zeros((T, bins), dtype=np.int32 if N < 2**31 else np.int64)
     K_u = K.astype(np.uint64)
     row_bytes = L * dt.itemsize
-    step = max(1, _BLOCK_BYTES // row_bytes)
-    tile = min(max(1, _TILE_BYTES // row_bytes), -(-N // T))
-    buf = np.empty((T, L, tile + _PAD), dtype=ut)
+    T = max(1, min(nb.config.NUMBA_NUM_THREADS, N // _MIN_THREAD_ROWS))
+    tile = min(_MAX_TILE_ROWS, max(1, _TILE_BYTES // row_bytes), -(-N // T))
+    step = tile * max(1, _BLOCK_BYTES // (row_bytes * tile))
+    counts = np.zeros((T, bins), dtype=np.int32 if N < 2**31 else np.int64)
+    starts = np.cumsum([0] + [P.shape[0] for P in parts])
     bar = _bar(progress, N, "scan", "row")
-    for X in parts:
-        for r0 in range(0, X.shape[0], step):
-            B = np.ascontiguousarray(X[r0 : r0 + step], dtype=dt).view(ut)  # a copy only for a strided block
-            B.flags.writeable = False  # one compiled kernel for memory maps and in-memory arrays alike
-            _count_block(B, offsets, K_u, counts, buf)
-            if bar is not None:
-                bar.update(B.shape[0])
+    lock = threading.Lock()
+    errors = []
+
+    def work(k: int) -> None:
+        try:
+            tb = np.empty((L, tile + _PAD), dtype=ut)
+            loc = np.empty(tile, dtype=np.uint16)
+            g0, g1 = N * k // T, N * (k + 1) // T  # this thread's rows, in corpus order
+            for X, s in zip(parts, starts):
+                for r0 in range(max(g0, s), min(g1, s + X.shape[0]), step):
+                    r1 = min(r0 + step, g1, s + X.shape[0])
+                    B = np.ascontiguousarray(X[r0 - s : r1 - s], dtype=dt).view(ut)  # a copy only if strided
+                    B.flags.writeable = False  # one compiled kernel for memory maps and in-memory arrays alike
+                    _count_rows(B, offsets, K_u, counts[k], tb, loc)
+                    if bar is not None:
+                        with lock:
+                            bar.update(B.shape[0])
+        except BaseException as e:  # re-raised in the calling thread
+            errors.append(e)
+
+    helpers = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(1, T)]
+    for h in helpers:
+        h.start()
+    work(0)
+    for h in helpers:
+        h.join()
     if bar is not None:
         bar.close()
+    if errors:
+        raise errors[0]
     return counts[0].astype(np.int64) if T == 1 else counts.sum(axis=0, dtype=np.int64)
 
 
@@ -803,4 +831,4 @@ def measure(
         population = population_entropy(parts, m.H_cond, m.groups, K, bootstrap=bootstrap, confidence=confidence,
                                         rng=np.random.default_rng(seed))
     return dataclasses.replace(m, population=population,
-                               engine={"name": "local", "workers": 1, "threads": nb.get_num_threads()})
+                               engine={"name": "local", "workers": 1, "threads": nb.config.NUMBA_NUM_THREADS})
