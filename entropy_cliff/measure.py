@@ -33,6 +33,7 @@ import dataclasses
 import math
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -671,35 +672,25 @@ def _histograms(parts: list[np.ndarray], K: np.ndarray, progress: bool) -> np.nd
     starts = np.cumsum([0] + [P.shape[0] for P in parts])
     bar = _bar(progress, N, "scan", "row")
     lock = threading.Lock()
-    errors = []
 
     def work(k: int) -> None:
-        try:
-            tb = np.empty((L, tile + _PAD), dtype=ut)
-            loc = np.empty(tile, dtype=np.uint16)
-            g0, g1 = N * k // T, N * (k + 1) // T  # this thread's rows, in corpus order
-            for X, s in zip(parts, starts):
-                for r0 in range(max(g0, s), min(g1, s + X.shape[0]), step):
-                    r1 = min(r0 + step, g1, s + X.shape[0])
-                    B = np.ascontiguousarray(X[r0 - s : r1 - s], dtype=dt).view(ut)  # a copy only if strided
-                    B.flags.writeable = False  # one compiled kernel for memory maps and in-memory arrays alike
-                    _count_rows(B, offsets, K_u, counts[k], tb, loc)
-                    if bar is not None:
-                        with lock:
-                            bar.update(B.shape[0])
-        except BaseException as e:  # re-raised in the calling thread
-            errors.append(e)
+        tb = np.empty((L, tile + _PAD), dtype=ut)
+        loc = np.empty(tile, dtype=np.uint16)
+        g0, g1 = N * k // T, N * (k + 1) // T  # this thread's rows, in corpus order
+        for X, s in zip(parts, starts):
+            for r0 in range(max(g0, s), min(g1, s + X.shape[0]), step):
+                r1 = min(r0 + step, g1, s + X.shape[0])
+                B = np.ascontiguousarray(X[r0 - s : r1 - s], dtype=dt).view(ut)  # a copy only if strided
+                B.flags.writeable = False  # one compiled kernel for memory maps and in-memory arrays alike
+                _count_rows(B, offsets, K_u, counts[k], tb, loc)
+                if bar is not None:
+                    with lock:
+                        bar.update(B.shape[0])
 
-    helpers = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(1, T)]
-    for h in helpers:
-        h.start()
-    work(0)
-    for h in helpers:
-        h.join()
+    with ThreadPoolExecutor(T) as pool:
+        list(pool.map(work, range(T)))
     if bar is not None:
         bar.close()
-    if errors:
-        raise errors[0]
     return counts[0].astype(np.int64) if T == 1 else counts.sum(axis=0, dtype=np.int64)
 
 
@@ -815,13 +806,20 @@ def measure(
         raise EntropyCliffError(f"bootstrap must be >= 0, got {bootstrap}")
     if bootstrap:
         estimators.basic_interval(np.zeros(1), np.zeros((1, 1)), confidence)  # validates the level early
-    mins, maxs = _extremes(parts)
-    _check_values(mins, maxs, K)
     K_inferred = K is None
     if K_inferred:
+        mins, maxs = _extremes(parts)
+        _check_values(mins, maxs, None)
         K = _inferred_codebook(maxs, L)
-    counts = _histograms(parts, K, show) if _dense_histograms(K) else None
-    S, G, _ = _prefix_sums(parts, None, small_group, show)
+    # The value check, the histograms and the prefix kernel read the corpus at the same time
+    # (NumPy and the kernels release the GIL); an invalid token is reported once all have finished.
+    with ThreadPoolExecutor(2) as pool:
+        extremes = None if K_inferred else pool.submit(_extremes, parts)
+        histograms = pool.submit(_histograms, parts, K, show) if _dense_histograms(K) else None
+        S, G, _ = _prefix_sums(parts, None, small_group, show)
+        if extremes is not None:
+            _check_values(*extremes.result(), K)
+        counts = None if histograms is None else histograms.result()
     H_marginal = _marginal_entropy(parts, K, counts)
     m = measurement_from_sums(N, K, K_inferred, S, G, H_marginal)
     population = None
