@@ -386,12 +386,15 @@ def _rehash(ids, keys, d, cap):
 
 
 @nb.njit(cache=True, nogil=True)
-def _count_rows(B, offsets, K_u, cn, tb, loc):
+def _count_rows(B, flip, offsets, K_u, cn, tb, loc):
     """Marginal histograms of the rows of ``B``, added to ``cn``.
 
-    ``B`` holds the tokens' bits as unsigned integers; token bits u at position t go to bin
-    ``offsets[t] + u`` of ``cn`` when ``u < K_t`` (every valid token; an invalid one, which the
-    value check reports, is never written outside its position's bins). Rows are transposed a
+    ``B`` holds the tokens' bits as unsigned integers, ``flip`` is the sign bit for a signed dtype
+    (else 0), so that ``u = (bits ^ flip) - flip`` (64-bit, wrapping) is the token for a token
+    >= 0 and >= 2^63 for a negative one. Token u at position t goes to bin ``offsets[t] + u`` of
+    ``cn`` when ``u < K_t``: exactly the valid tokens are counted (so a position whose counts sum
+    to fewer than its rows holds an invalid token), and nothing is written outside a position's
+    bins. Rows are transposed a
     tile of ``R`` rows at a time into ``tb`` (rows padded by ``_PAD`` so that its columns do not
     share cache sets); each position's tokens are then counted from contiguous memory, into the
     16-bit histogram ``loc`` (``R < 2^16`` rows: no overflow; half the cache of 32-bit counts)
@@ -399,6 +402,7 @@ def _count_rows(B, offsets, K_u, cn, tb, loc):
     """
     n, L = B.shape
     R = tb.shape[1] - _PAD
+    f = np.uint64(flip)
     for i0 in range(0, n, R):
         r = min(R, n - i0)
         for i in range(r):
@@ -413,14 +417,14 @@ def _count_rows(B, offsets, K_u, cn, tb, loc):
             if k <= r:
                 loc[:k] = 0
                 for i in range(r):
-                    u = np.uint64(col[i])
+                    u = np.uint64(col[i] ^ flip) - f
                     if u < kt:
                         loc[np.int64(u)] += 1
                 for x in range(k):
                     cn[off + x] += loc[x]
             else:
                 for i in range(r):
-                    u = np.uint64(col[i])
+                    u = np.uint64(col[i] ^ flip) - f
                     if u < kt:
                         cn[off + np.int64(u)] += 1
 
@@ -655,14 +659,15 @@ def _extremes(parts: list[np.ndarray]) -> tuple[list[int], list[int]]:
 def _histograms(parts: list[np.ndarray], K: np.ndarray, progress: bool) -> np.ndarray:
     """Marginal counts (int64, positions concatenated: ``sum K_t`` bins) in one pass: T threads
     (``NUMBA_NUM_THREADS``) each take a contiguous share of the rows, in blocks, into private
-    counts (:func:`_count_rows`). Tokens outside ``[0, K_t)`` are not counted."""
+    counts (:func:`_count_rows`). Exactly the tokens in ``[0, K_t)`` are counted."""
     N, L = sum(P.shape[0] for P in parts), parts[0].shape[1]
     dt = parts[0].dtype.newbyteorder("=")
     ut = np.dtype(f"=u{dt.itemsize}")
+    flip = ut.type(1 << (8 * dt.itemsize - 1) if dt.kind == "i" else 0)
     bins = sum(K.tolist())  # Python ints: no overflow before the size check
     if bins > MAX_DENSE_BINS:
         raise EntropyCliffError(f"{bins} marginal histogram bins exceed {MAX_DENSE_BINS}")
-    offsets = np.concatenate(([0], np.cumsum(K)[:-1])).astype(np.int64)
+    offsets = _bin_offsets(K)
     K_u = K.astype(np.uint64)
     row_bytes = L * dt.itemsize
     T = max(1, min(nb.config.NUMBA_NUM_THREADS, N // _MIN_THREAD_ROWS))
@@ -682,7 +687,7 @@ def _histograms(parts: list[np.ndarray], K: np.ndarray, progress: bool) -> np.nd
                 r1 = min(r0 + step, g1, s + X.shape[0])
                 B = np.ascontiguousarray(X[r0 - s : r1 - s], dtype=dt).view(ut)  # a copy only if strided
                 B.flags.writeable = False  # one compiled kernel for memory maps and in-memory arrays alike
-                _count_rows(B, offsets, K_u, counts[k], tb, loc)
+                _count_rows(B, flip, offsets, K_u, counts[k], tb, loc)
                 if bar is not None:
                     with lock:
                         bar.update(B.shape[0])
@@ -735,13 +740,18 @@ def _inferred_codebook(maxs: list[int], L: int) -> np.ndarray:
     return np.full(L, top, dtype=np.int64)
 
 
+def _bin_offsets(K: np.ndarray) -> np.ndarray:
+    """Where each position's bins start in histograms concatenated by position."""
+    return np.concatenate(([0], np.cumsum(K)[:-1])).astype(np.int64)
+
+
 def _dense_histograms(K: np.ndarray) -> bool:
     return sum(K.tolist()) <= MAX_DENSE_BINS
 
 
 def _marginal_from_counts(N: int, K: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """``M_t = log2 N - (1/N) sum_x c_{t,x} log2 c_{t,x}`` from histograms concatenated by position."""
-    offsets = np.concatenate(([0], np.cumsum(K)[:-1]))
+    offsets = _bin_offsets(K)
     top = int(counts.max())
     # Counts repeat (sum K_t bins, few distinct values): look c log2 c up instead of computing it.
     terms = estimators.xlog2x(np.arange(top + 1))[counts] if top < counts.size else estimators.xlog2x(counts)
@@ -811,15 +821,18 @@ def measure(
         mins, maxs = _extremes(parts)
         _check_values(mins, maxs, None)
         K = _inferred_codebook(maxs, L)
-    # The value check, the histograms and the prefix kernel read the corpus at the same time
-    # (NumPy and the kernels release the GIL); an invalid token is reported once all have finished.
-    with ThreadPoolExecutor(2) as pool:
-        extremes = None if K_inferred else pool.submit(_extremes, parts)
-        histograms = pool.submit(_histograms, parts, K, show) if _dense_histograms(K) else None
+    dense = _dense_histograms(K)
+    if not K_inferred and not dense:
+        _check_values(*_extremes(parts), K)
+    # The histograms and the prefix kernel run at the same time (the kernels release the GIL). The
+    # histograms count exactly the valid tokens: with fewer than N at some position, the value
+    # check finds and reports the first invalid token.
+    with ThreadPoolExecutor(1) as pool:
+        histograms = pool.submit(_histograms, parts, K, show) if dense else None
         S, G, _ = _prefix_sums(parts, None, small_group, show)
-        if extremes is not None:
-            _check_values(*extremes.result(), K)
         counts = None if histograms is None else histograms.result()
+    if counts is not None and not K_inferred and (np.add.reduceat(counts, _bin_offsets(K)) != N).any():
+        _check_values(*_extremes(parts), K)
     H_marginal = _marginal_entropy(parts, K, counts)
     m = measurement_from_sums(N, K, K_inferred, S, G, H_marginal)
     population = None

@@ -183,8 +183,8 @@ def test_histograms_exact_across_threads_tiles_blocks_and_parts(monkeypatch, thr
     monkeypatch.setattr(M, "_MAX_TILE_ROWS", 97)
     monkeypatch.setattr(M, "_BLOCK_BYTES", 97 * 3 * 5 * 2)
     rng = np.random.default_rng(11)
-    K = np.array([1, 2, 90, 97, 98, 3000], dtype=np.int64)
-    X = np.stack([rng.integers(0, k, 1201) for k in K], axis=1).astype(np.int16)
+    K = np.array([1, 2, 90, 97, 98, 3000, 40000], dtype=np.int64)  # 40000 > 2^15: signed tokens need care
+    X = np.stack([rng.integers(0, min(k, 1 << 15), 1201) for k in K], axis=1).astype(np.int16)
     X[::7, 2] = X[0, 2]  # a frequent token
     parts = [X[:400], np.asfortranarray(X[400:700]), X[700:1100].astype(">i2"), X[1100:]]
     counts = M._histograms(parts, K, False)
@@ -193,9 +193,11 @@ def test_histograms_exact_across_threads_tiles_blocks_and_parts(monkeypatch, thr
     Y = X.copy()
     Y[5, 3] = -1
     Y[6, 4] = 98  # == K_t
+    Y[7, 6] = -30000  # its bits, read unsigned, would lie below K_t = 40000
     got = M._histograms([Y], K, False)
     ref[K[:3].sum() + X[5, 3]] -= 1
     ref[K[:4].sum() + X[6, 4]] -= 1
+    ref[K[:6].sum() + X[7, 6]] -= 1
     np.testing.assert_array_equal(got, ref)
 
 
@@ -256,6 +258,14 @@ def test_negative_token_raises_with_position(dtype):
         M.measure(X)
     with pytest.raises(EntropyCliffError, match=r"position 3: negative token -3 \(K_t = 4\)"):
         M.measure(X, [4] * 5)
+
+
+def test_negative_token_under_a_codebook_wider_than_the_sign_bit_raises():
+    """int16 tokens with K_t = 40000 > 2^15: a negative token's bits would fit below K_t."""
+    X = np.ones((20, 5), dtype=np.int16)
+    X[7, 2] = -30000
+    with pytest.raises(EntropyCliffError, match=r"position 3: negative token -30000 \(K_t = 40000\)"):
+        M.measure(X, [40000] * 5)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint64])
