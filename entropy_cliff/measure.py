@@ -57,6 +57,7 @@ _BLOCK_BYTES = 1 << 26
 _TILE_BYTES = 1 << 25
 _MAX_TILE_ROWS = (1 << 16) - 1  # 16-bit tile histograms
 _MIN_THREAD_ROWS = 1 << 14  # fewer rows per thread are not worth a thread
+_MARGINAL_CHUNK = 1 << 20  # histogram bins turned into c log2 c terms at a time
 _PAD = 32
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -657,7 +658,8 @@ def _extremes(parts: list[np.ndarray]) -> tuple[list[int], list[int]]:
 
 
 def _histograms(parts: list[np.ndarray], K: np.ndarray, progress: bool) -> np.ndarray:
-    """Marginal counts (int64, positions concatenated: ``sum K_t`` bins) in one pass: T threads
+    """Marginal counts (int32 below 2^31 rows, else int64; positions concatenated: ``sum K_t``
+    bins) in one pass: T threads
     (``NUMBA_NUM_THREADS``) each take a contiguous share of the rows, in blocks, into private
     counts (:func:`_count_rows`). Exactly the tokens in ``[0, K_t)`` are counted."""
     N, L = sum(P.shape[0] for P in parts), parts[0].shape[1]
@@ -696,14 +698,16 @@ def _histograms(parts: list[np.ndarray], K: np.ndarray, progress: bool) -> np.nd
         list(pool.map(work, range(T)))
     if bar is not None:
         bar.close()
-    return counts[0].astype(np.int64) if T == 1 else counts.sum(axis=0, dtype=np.int64)
+    for k in range(1, T):  # in place: no new array of sum K_t bins
+        np.add(counts[0], counts[k], out=counts[0])
+    return counts[0]
 
 
 def _scan(parts: list[np.ndarray], K: np.ndarray | None, progress: bool):
-    """Per-position min and max (as Python ints) and marginal counts (:func:`_histograms`) when
-    ``K`` is given."""
+    """Per-position min and max (as Python ints) and marginal counts (:func:`_histograms`, int64:
+    they may be summed over blocks) when ``K`` is given."""
     lo, hi = _extremes(parts)
-    return lo, hi, (_histograms(parts, K, progress) if K is not None else None)
+    return lo, hi, (_histograms(parts, K, progress).astype(np.int64) if K is not None else None)
 
 
 def _check_values(mins: list[int], maxs: list[int], K: np.ndarray | None) -> None:
@@ -753,9 +757,18 @@ def _marginal_from_counts(N: int, K: np.ndarray, counts: np.ndarray) -> np.ndarr
     """``M_t = log2 N - (1/N) sum_x c_{t,x} log2 c_{t,x}`` from histograms concatenated by position."""
     offsets = _bin_offsets(K)
     top = int(counts.max())
-    # Counts repeat (sum K_t bins, few distinct values): look c log2 c up instead of computing it.
-    terms = estimators.xlog2x(np.arange(top + 1))[counts] if top < counts.size else estimators.xlog2x(counts)
-    s = np.add.reduceat(terms, offsets)
+    # Counts repeat (sum K_t bins, few distinct values): look c log2 c up instead of computing it,
+    # a run of positions at a time (no float array of all the bins).
+    table = estimators.xlog2x(np.arange(top + 1)) if top < counts.size else None
+    s = np.empty(len(K))
+    t0 = 0
+    while t0 < len(K):
+        t1 = int(np.searchsorted(offsets, offsets[t0] + _MARGINAL_CHUNK, side="right"))
+        t1 = max(t1, t0 + 1)
+        a, b = offsets[t0], offsets[t1 - 1] + K[t1 - 1]
+        terms = table[counts[a:b]] if table is not None else estimators.xlog2x(counts[a:b])
+        s[t0:t1] = np.add.reduceat(terms, offsets[t0:t1] - a)
+        t0 = t1
     return math.log2(N) - s / N
 
 

@@ -190,6 +190,8 @@ def test_histograms_exact_across_threads_tiles_blocks_and_parts(monkeypatch, thr
     counts = M._histograms(parts, K, False)
     ref = np.concatenate([np.bincount(X[:, t], minlength=k) for t, k in enumerate(K)])
     np.testing.assert_array_equal(counts, ref)
+    monkeypatch.setattr(M, "_MARGINAL_CHUNK", 95)  # runs of positions, and positions wider than a run
+    np.testing.assert_allclose(M._marginal_from_counts(len(X), K, counts), brute_marginal(X), atol=1e-9)
     Y = X.copy()
     Y[5, 3] = -1
     Y[6, 4] = 98  # == K_t
