@@ -17,7 +17,8 @@ Cases (data under ``bench_data/``, gitignored, written once and reused):
 Every file gets the sidecar a token dump has (K_t = 16384), so the command reads K_t from it.
 
 Times are the best of ``--repeat`` runs in this process (compiled kernels already loaded); the whole
-command runs in a fresh child process. Run:
+command runs in a fresh child process, and on (a) it is timed against the baseline run as a whole
+process too (``--baseline FILE``; 5 alternating runs each, medians). Run:
 ``.venv/bin/python benchmarks/bench_measure.py [--big] [--repeat R]``.
 """
 
@@ -128,23 +129,44 @@ def _best(fn, repeat: int):
     return min(times), result
 
 
-def _child(args: list[str]) -> tuple[float, int]:
-    """Wall time (s) and peak RSS (MiB) of a child process.
+def _child(args: list[str]) -> tuple[float, int, float]:
+    """Wall time (s), peak RSS (MiB) and CPU time (user + sys, s) of a child process.
 
-    The peak comes from ``/usr/bin/time`` when present: a child spawned from this (large) process
+    Peak and CPU come from ``/usr/bin/time`` when present: a child spawned from this (large) process
     starts its ``ru_maxrss`` from this process's resident size, so ``wait4`` here would overstate it.
     """
     gnu_time = Path("/usr/bin/time")
     with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
-        cmd = [str(gnu_time), "-f", "%M", "-o", rss.name, *args] if gnu_time.exists() else args
+        cmd = [str(gnu_time), "-f", "%M %U %S", "-o", rss.name, *args] if gnu_time.exists() else args
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(args)} failed: {proc.stderr.strip()}")
         text = rss.read().strip()
-    kib = int(text.splitlines()[-1]) if text else resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return wall, kib // 1024
+    if text:
+        kib, user, sys_ = text.splitlines()[-1].split()
+        return wall, int(kib) // 1024, float(user) + float(sys_)
+    return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024, float("nan")
+
+
+def compare_whole_commands(path: Path, runs: int = 5) -> str:
+    """``entropy-cliff measure FILE --format json`` against the baseline as a whole process
+    (``bench_measure.py --baseline FILE``: interpreter, imports, H_t, JSON), one warm-up each, then
+    ``runs`` alternating runs each; medians of wall and CPU (user + sys) time and their ratios."""
+    ours, _ = command_for(path)
+    base = [str(PY), str(Path(__file__).resolve()), "--baseline", str(path)]
+    _child(ours), _child(base)
+    a, b = [], []
+    for _ in range(runs):
+        a.append(_child(ours))
+        b.append(_child(base))
+    med = lambda rows, i: float(np.median([r[i] for r in rows]))  # noqa: E731
+    return (f"whole command vs baseline script, {runs} alternating runs each (medians): "
+            f"measure {med(a, 0):.2f} s wall, {med(a, 2):.2f} s CPU, {med(a, 1)} MiB; "
+            f"baseline {med(b, 0):.2f} s wall, {med(b, 2):.2f} s CPU; ratio ours/baseline "
+            f"{med(a, 0) / med(b, 0):.2f} wall, {med(a, 2) / med(b, 2):.2f} CPU "
+            f"(load average {os.getloadavg()[0]:.1f})")
 
 
 def command_for(path: Path) -> tuple[list[str], str]:
@@ -161,7 +183,7 @@ def command_for(path: Path) -> tuple[list[str], str]:
 def run_command(path: Path) -> str:
     """Wall time and peak RSS of the whole command on ``path``, as a printable line."""
     args, what = command_for(path)
-    wall, peak = _child(args)
+    wall, peak, _ = _child(args)
     size = np.load(path, mmap_mode="r").nbytes / 2**20
     return f"whole command [{what}]: {wall:.3f} s wall, peak RSS {peak} MiB (input {size:.0f} MiB)"
 
@@ -251,7 +273,14 @@ def main() -> None:
     ap.add_argument("--big", action="store_true", help="also measure 10M x 256 uint16 from disk (5.1 GB)")
     ap.add_argument("--repeat", type=int, default=3, help="timed repetitions of measure (best is shown)")
     ap.add_argument("--no-dask", action="store_true", help="skip the Dask weak-scaling case")
+    ap.add_argument("--baseline", metavar="FILE", type=Path,
+                    help="only run the baseline on FILE (memory-mapped .npy) as a whole process and print its H_t "
+                         "as JSON: the command `entropy-cliff measure FILE --format json` is timed against")
     args = ap.parse_args()
+    if args.baseline is not None:
+        H = baseline_conditional_entropy(np.load(args.baseline, mmap_mode="r"))
+        print(json.dumps({"H_cond": H.tolist()}))
+        return
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} "
           f"(other processes share the cores; timings are wall clock)")
     cases = [("(a) ImageNet-shaped", case_a()), ("(b) worst case, every row twice", case_b())]
@@ -260,6 +289,7 @@ def main() -> None:
     # parent's resident pages it started from.
     lines = [run_command(path) for _, path in cases]
     big_line = run_command(big) if big is not None else None
+    print(compare_whole_commands(cases[0][1]))
     for (label, path), line in zip(cases, lines):
         bench_case(label, path, args.repeat, line)
     bench_sharded(args.repeat)

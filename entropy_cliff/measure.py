@@ -21,8 +21,9 @@ prefix lengths ``<= p``, accumulated in per-position difference arrays. The loop
 no group is active, so a corpus whose prefixes become distinct at t = 2 costs little more than two
 columns. Row weights (integer multiplicities) make the same kernel compute the bootstrap.
 
-The value checks and marginal histograms take one pass over the corpus in row blocks (threads keep
-private counts); the corpus, memory-mapped or not, is never copied whole.
+The value checks are two NumPy reductions (per-position minimum and maximum); the marginal
+histograms take one pass over the corpus in row blocks (threads keep private counts); the corpus,
+memory-mapped or not, is never copied whole.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import contextlib
 import dataclasses
 import math
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -51,7 +54,10 @@ MAX_DENSE_BINS = 1 << 25
 #: Corpora with at least this many tokens show a progress bar when stderr is a terminal.
 PROGRESS_MIN_TOKENS = 1 << 26
 _BLOCK_BYTES = 1 << 26
-_TILE_BYTES = 1 << 24
+_TILE_BYTES = 1 << 25
+_MAX_TILE_ROWS = (1 << 16) - 1  # 16-bit tile histograms
+_MIN_THREAD_ROWS = 1 << 14  # fewer rows per thread are not worth a thread
+_MARGINAL_CHUNK = 1 << 20  # histogram bins turned into c log2 c terms at a time
 _PAD = 32
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -381,50 +387,47 @@ def _rehash(ids, keys, d, cap):
 
 
 @nb.njit(cache=True, nogil=True)
-def _scan_rows(B, a, b, flip, offsets, K_u, cn, mn, mx, do_count, tb):
-    """Column minima/maxima of rows ``a..b-1`` of ``B`` and, if ``do_count``, marginal histograms.
+def _count_rows(B, flip, offsets, K_u, cn, tb, loc):
+    """Marginal histograms of the rows of ``B``, added to ``cn``.
 
-    ``B`` holds the tokens' bits as unsigned integers; ``v = bits ^ flip`` (``flip`` = the sign bit
-    for a signed dtype, else 0) orders them like the tokens, so ``mn``/``mx`` get the extremes of v.
-    Token x at position t goes to bin ``offsets[t] + x`` of ``cn`` when its bits are ``< K_t``
-    (every valid token; a negative one is caught by the minimum). Rows are transposed a tile at a
-    time into ``tb`` (rows padded by ``_PAD`` so that its columns do not share cache sets), so that
-    each position's bins are filled from contiguous tokens while they sit in cache.
+    ``B`` holds the tokens' bits as unsigned integers, ``flip`` is the sign bit for a signed dtype
+    (else 0), so that ``u = (bits ^ flip) - flip`` (64-bit, wrapping) is the token for a token
+    >= 0 and >= 2^63 for a negative one. Token u at position t goes to bin ``offsets[t] + u`` of
+    ``cn`` when ``u < K_t``: exactly the valid tokens are counted (so a position whose counts sum
+    to fewer than its rows holds an invalid token), and nothing is written outside a position's
+    bins. Rows are transposed a
+    tile of ``R`` rows at a time into ``tb`` (rows padded by ``_PAD`` so that its columns do not
+    share cache sets); each position's tokens are then counted from contiguous memory, into the
+    16-bit histogram ``loc`` (``R < 2^16`` rows: no overflow; half the cache of 32-bit counts)
+    that is added to ``cn`` once per tile, or straight into ``cn`` when ``K_t > R``.
     """
-    L = B.shape[1]
+    n, L = B.shape
     R = tb.shape[1] - _PAD
-    for i0 in range(a, b, R):
-        r = min(R, b - i0)
+    f = np.uint64(flip)
+    for i0 in range(0, n, R):
+        r = min(R, n - i0)
         for i in range(r):
             row = B[i0 + i]
             for t in range(L):
-                v = row[t] ^ flip
-                mn[t] = min(mn[t], v)
-                mx[t] = max(mx[t], v)
-        if do_count:
-            for i in range(r):
-                row = B[i0 + i]
-                for t in range(L):
-                    tb[t, i] = row[t]
-            for t in range(L):
-                off = offsets[t]
-                kt = K_u[t]
-                col = tb[t]
+                tb[t, i] = row[t]
+        for t in range(L):
+            off = offsets[t]
+            kt = K_u[t]
+            k = np.int64(kt)
+            col = tb[t]
+            if k <= r:
+                loc[:k] = 0
                 for i in range(r):
-                    u = np.uint64(col[i])
+                    u = np.uint64(col[i] ^ flip) - f
+                    if u < kt:
+                        loc[np.int64(u)] += 1
+                for x in range(k):
+                    cn[off + x] += loc[x]
+            else:
+                for i in range(r):
+                    u = np.uint64(col[i] ^ flip) - f
                     if u < kt:
                         cn[off + np.int64(u)] += 1
-
-
-@nb.njit(cache=True, nogil=True, parallel=True)
-def _scan_block(B, flip, offsets, K_u, counts, mins, maxs, do_count, buf):
-    """:func:`_scan_rows` on a row block, thread k taking rows ``[n k / T, n (k+1) / T)`` into
-    its private ``mins[k]``, ``maxs[k]``, ``counts[k]``, ``buf[k]``."""
-    T = mins.shape[0]
-    n = B.shape[0]
-    for k in nb.prange(T):
-        _scan_rows(B, n * k // T, n * (k + 1) // T, flip, offsets, K_u, counts[k], mins[k], maxs[k], do_count,
-                   buf[k])
 
 
 # ----------------------------------------------------------------------------- Python API
@@ -580,7 +583,8 @@ def _prefix_sums(parts: list[np.ndarray], weights: np.ndarray | None, small_grou
     if W == 0:
         raise EntropyCliffError("all weights are zero")
     n_rows = rows.size
-    all_apart = float(estimators.xlog2x(w).sum())  # sum c log2 c once every row is its own prefix
+    # sum c log2 c once every row is its own prefix (0 for unit weights)
+    all_apart = 0.0 if weights is None else float(estimators.xlog2x(w).sum())
     S_act = np.zeros(L + 1)
     G_act = np.zeros(L + 1, np.int64)
     S_diff = np.zeros(L + 2)
@@ -645,45 +649,65 @@ def prefix_entropy(
     return H[1:], G[1:]
 
 
-def _scan(parts: list[np.ndarray], K: np.ndarray | None, progress: bool):
-    """One pass in row blocks over every part: per-position min and max (as Python ints), and
-    marginal counts (int64, positions concatenated) when ``K`` is given (``sum K_t`` bins)."""
+def _extremes(parts: list[np.ndarray]) -> tuple[list[int], list[int]]:
+    """Per-position minimum and maximum token over every part, as Python ints (NumPy reductions:
+    one streaming read per extreme, no copy)."""
+    lo = np.min([P.min(axis=0) for P in parts], axis=0).tolist()
+    hi = np.max([P.max(axis=0) for P in parts], axis=0).tolist()
+    return lo, hi
+
+
+def _histograms(parts: list[np.ndarray], K: np.ndarray, progress: bool) -> np.ndarray:
+    """Marginal counts (int32 below 2^31 rows, else int64; positions concatenated: ``sum K_t``
+    bins) in one pass: T threads
+    (``NUMBA_NUM_THREADS``) each take a contiguous share of the rows, in blocks, into private
+    counts (:func:`_count_rows`). Exactly the tokens in ``[0, K_t)`` are counted."""
     N, L = sum(P.shape[0] for P in parts), parts[0].shape[1]
-    T = nb.get_num_threads()
     dt = parts[0].dtype.newbyteorder("=")
     ut = np.dtype(f"=u{dt.itemsize}")
     flip = ut.type(1 << (8 * dt.itemsize - 1) if dt.kind == "i" else 0)
-    mins = np.full((T, L), np.iinfo(ut).max, dtype=ut)
-    maxs = np.zeros((T, L), dtype=ut)
-    ctype = np.int32 if N < 2**31 else np.int64
-    if K is not None:
-        bins = sum(K.tolist())  # Python ints: no overflow before the size check
-        if bins > MAX_DENSE_BINS:
-            raise EntropyCliffError(f"{bins} marginal histogram bins exceed {MAX_DENSE_BINS}")
-        offsets = np.concatenate(([0], np.cumsum(K)[:-1])).astype(np.int64)
-        counts = np.zeros((T, bins), dtype=ctype)
-        K_u = K.astype(np.uint64)
-    else:
-        offsets = np.zeros(L, np.int64)
-        counts = np.zeros((T, 0), dtype=ctype)
-        K_u = np.zeros(L, np.uint64)
+    bins = sum(K.tolist())  # Python ints: no overflow before the size check
+    if bins > MAX_DENSE_BINS:
+        raise EntropyCliffError(f"{bins} marginal histogram bins exceed {MAX_DENSE_BINS}")
+    offsets = _bin_offsets(K)
+    K_u = K.astype(np.uint64)
     row_bytes = L * dt.itemsize
-    step = max(1, _BLOCK_BYTES // row_bytes)
-    tile = min(max(1, _TILE_BYTES // row_bytes), -(-N // T))
-    buf = np.empty((T, L, tile + _PAD) if K is not None else (T, 0, _PAD + 1), dtype=ut)
+    T = max(1, min(nb.config.NUMBA_NUM_THREADS, N // _MIN_THREAD_ROWS))
+    tile = min(_MAX_TILE_ROWS, max(1, _TILE_BYTES // row_bytes), -(-N // T))
+    step = tile * max(1, _BLOCK_BYTES // (row_bytes * tile))
+    counts = np.zeros((T, bins), dtype=np.int32 if N < 2**31 else np.int64)
+    starts = np.cumsum([0] + [P.shape[0] for P in parts])
     bar = _bar(progress, N, "scan", "row")
-    for X in parts:
-        for r0 in range(0, X.shape[0], step):
-            B = np.ascontiguousarray(X[r0 : r0 + step], dtype=dt).view(ut)  # a copy only for a strided block
-            B.flags.writeable = False  # one compiled kernel for memory maps and in-memory arrays alike
-            _scan_block(B, flip, offsets, K_u, counts, mins, maxs, K is not None, buf)
-            if bar is not None:
-                bar.update(B.shape[0])
+    lock = threading.Lock()
+
+    def work(k: int) -> None:
+        tb = np.empty((L, tile + _PAD), dtype=ut)
+        loc = np.empty(tile, dtype=np.uint16)
+        g0, g1 = N * k // T, N * (k + 1) // T  # this thread's rows, in corpus order
+        for X, s in zip(parts, starts):
+            for r0 in range(max(g0, s), min(g1, s + X.shape[0]), step):
+                r1 = min(r0 + step, g1, s + X.shape[0])
+                B = np.ascontiguousarray(X[r0 - s : r1 - s], dtype=dt).view(ut)  # a copy only if strided
+                B.flags.writeable = False  # one compiled kernel for memory maps and in-memory arrays alike
+                _count_rows(B, flip, offsets, K_u, counts[k], tb, loc)
+                if bar is not None:
+                    with lock:
+                        bar.update(B.shape[0])
+
+    with ThreadPoolExecutor(T) as pool:
+        list(pool.map(work, range(T)))
     if bar is not None:
         bar.close()
-    lo = (mins.min(axis=0) ^ flip).view(dt).tolist()
-    hi = (maxs.max(axis=0) ^ flip).view(dt).tolist()
-    return lo, hi, (counts.sum(axis=0, dtype=np.int64) if K is not None else None)
+    for k in range(1, T):  # in place: no new array of sum K_t bins
+        np.add(counts[0], counts[k], out=counts[0])
+    return counts[0]
+
+
+def _scan(parts: list[np.ndarray], K: np.ndarray | None, progress: bool):
+    """Per-position min and max (as Python ints) and marginal counts (:func:`_histograms`, int64:
+    they may be summed over blocks) when ``K`` is given."""
+    lo, hi = _extremes(parts)
+    return lo, hi, (_histograms(parts, K, progress).astype(np.int64) if K is not None else None)
 
 
 def _check_values(mins: list[int], maxs: list[int], K: np.ndarray | None) -> None:
@@ -720,14 +744,31 @@ def _inferred_codebook(maxs: list[int], L: int) -> np.ndarray:
     return np.full(L, top, dtype=np.int64)
 
 
+def _bin_offsets(K: np.ndarray) -> np.ndarray:
+    """Where each position's bins start in histograms concatenated by position."""
+    return np.concatenate(([0], np.cumsum(K)[:-1])).astype(np.int64)
+
+
 def _dense_histograms(K: np.ndarray) -> bool:
     return sum(K.tolist()) <= MAX_DENSE_BINS
 
 
 def _marginal_from_counts(N: int, K: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """``M_t = log2 N - (1/N) sum_x c_{t,x} log2 c_{t,x}`` from histograms concatenated by position."""
-    offsets = np.concatenate(([0], np.cumsum(K)[:-1]))
-    s = np.add.reduceat(estimators.xlog2x(counts), offsets)
+    offsets = _bin_offsets(K)
+    top = int(counts.max())
+    # Counts repeat (sum K_t bins, few distinct values): look c log2 c up instead of computing it,
+    # a run of positions at a time (no float array of all the bins).
+    table = estimators.xlog2x(np.arange(top + 1)) if top < counts.size else None
+    s = np.empty(len(K))
+    t0 = 0
+    while t0 < len(K):
+        t1 = int(np.searchsorted(offsets, offsets[t0] + _MARGINAL_CHUNK, side="right"))
+        t1 = max(t1, t0 + 1)
+        a, b = offsets[t0], offsets[t1 - 1] + K[t1 - 1]
+        terms = table[counts[a:b]] if table is not None else estimators.xlog2x(counts[a:b])
+        s[t0:t1] = np.add.reduceat(terms, offsets[t0:t1] - a)
+        t0 = t1
     return math.log2(N) - s / N
 
 
@@ -788,14 +829,23 @@ def measure(
         raise EntropyCliffError(f"bootstrap must be >= 0, got {bootstrap}")
     if bootstrap:
         estimators.basic_interval(np.zeros(1), np.zeros((1, 1)), confidence)  # validates the level early
-    mins, maxs, counts = _scan(parts, K if K is not None and _dense_histograms(K) else None, show)
-    _check_values(mins, maxs, K)
     K_inferred = K is None
     if K_inferred:
+        mins, maxs = _extremes(parts)
+        _check_values(mins, maxs, None)
         K = _inferred_codebook(maxs, L)
-        if _dense_histograms(K):
-            counts = _scan(parts, K, show)[2]
-    S, G, _ = _prefix_sums(parts, None, small_group, show)
+    dense = _dense_histograms(K)
+    if not K_inferred and not dense:
+        _check_values(*_extremes(parts), K)
+    # The histograms and the prefix kernel run at the same time (the kernels release the GIL). The
+    # histograms count exactly the valid tokens: with fewer than N at some position, the value
+    # check finds and reports the first invalid token.
+    with ThreadPoolExecutor(1) as pool:
+        histograms = pool.submit(_histograms, parts, K, show) if dense else None
+        S, G, _ = _prefix_sums(parts, None, small_group, show)
+        counts = None if histograms is None else histograms.result()
+    if counts is not None and not K_inferred and (np.add.reduceat(counts, _bin_offsets(K)) != N).any():
+        _check_values(*_extremes(parts), K)
     H_marginal = _marginal_entropy(parts, K, counts)
     m = measurement_from_sums(N, K, K_inferred, S, G, H_marginal)
     population = None
@@ -805,4 +855,4 @@ def measure(
         population = population_entropy(parts, m.H_cond, m.groups, K, bootstrap=bootstrap, confidence=confidence,
                                         seed=seed)
     return dataclasses.replace(m, population=population,
-                               engine={"name": "local", "workers": 1, "threads": nb.get_num_threads()})
+                               engine={"name": "local", "workers": 1, "threads": nb.config.NUMBA_NUM_THREADS})

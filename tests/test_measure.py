@@ -173,6 +173,36 @@ def test_measure_fields_against_direct_formulas():
     assert m.ci is None
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_histograms_exact_across_threads_tiles_blocks_and_parts(monkeypatch, threads):
+    """Small tiles, blocks and thread shares, so that every split is crossed: per-thread 16-bit tile
+    counts (K_t <= tile rows) and direct counts (K_t > tile rows), a strided part (copied per block),
+    a byte-swapped part, invalid tokens never counted; all equal np.unique counts."""
+    monkeypatch.setattr(M.nb.config, "NUMBA_NUM_THREADS", threads)
+    monkeypatch.setattr(M, "_MIN_THREAD_ROWS", 50)
+    monkeypatch.setattr(M, "_MAX_TILE_ROWS", 97)
+    monkeypatch.setattr(M, "_BLOCK_BYTES", 97 * 3 * 5 * 2)
+    rng = np.random.default_rng(11)
+    K = np.array([1, 2, 90, 97, 98, 3000, 40000], dtype=np.int64)  # 40000 > 2^15: signed tokens need care
+    X = np.stack([rng.integers(0, min(k, 1 << 15), 1201) for k in K], axis=1).astype(np.int16)
+    X[::7, 2] = X[0, 2]  # a frequent token
+    parts = [X[:400], np.asfortranarray(X[400:700]), X[700:1100].astype(">i2"), X[1100:]]
+    counts = M._histograms(parts, K, False)
+    ref = np.concatenate([np.bincount(X[:, t], minlength=k) for t, k in enumerate(K)])
+    np.testing.assert_array_equal(counts, ref)
+    monkeypatch.setattr(M, "_MARGINAL_CHUNK", 95)  # runs of positions, and positions wider than a run
+    np.testing.assert_allclose(M._marginal_from_counts(len(X), K, counts), brute_marginal(X), atol=1e-9)
+    Y = X.copy()
+    Y[5, 3] = -1
+    Y[6, 4] = 98  # == K_t
+    Y[7, 6] = -30000  # its bits, read unsigned, would lie below K_t = 40000
+    got = M._histograms([Y], K, False)
+    ref[K[:3].sum() + X[5, 3]] -= 1
+    ref[K[:4].sum() + X[6, 4]] -= 1
+    ref[K[:6].sum() + X[7, 6]] -= 1
+    np.testing.assert_array_equal(got, ref)
+
+
 def test_inferred_K_and_sparse_marginal_fallback():
     rng = np.random.default_rng(8)
     X = rng.integers(0, 5, (300, 4)).astype(np.uint64)
@@ -230,6 +260,14 @@ def test_negative_token_raises_with_position(dtype):
         M.measure(X)
     with pytest.raises(EntropyCliffError, match=r"position 3: negative token -3 \(K_t = 4\)"):
         M.measure(X, [4] * 5)
+
+
+def test_negative_token_under_a_codebook_wider_than_the_sign_bit_raises():
+    """int16 tokens with K_t = 40000 > 2^15: a negative token's bits would fit below K_t."""
+    X = np.ones((20, 5), dtype=np.int16)
+    X[7, 2] = -30000
+    with pytest.raises(EntropyCliffError, match=r"position 3: negative token -30000 \(K_t = 40000\)"):
+        M.measure(X, [40000] * 5)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint64])
