@@ -165,7 +165,7 @@ def fig2b(inp: Inputs, out: Path) -> list[Path]:
     """The schedules of Table 2 (L = 256, K_min = 2): K_t and C(t) against log2 N of ImageNet."""
     from entropy_cliff.plots import schedule_figure
 
-    return save(schedule_figure(paper_table2(), math.log2(IMAGENET_N)), out / "fig2b")
+    return save(schedule_figure(paper_table2(), IMAGENET_N), out / "fig2b")
 
 
 # ------------------------------------------------------------------------------------ new analyses
