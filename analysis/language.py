@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from entropy_cliff.io import load_tokens, read_sidecar, write_json_atomic  # noqa: E402
+from entropy_cliff.io import load_tokens, write_json_atomic  # noqa: E402
 from entropy_cliff.language import (entropy_record, load_bpe, stdlib_paragraphs, text_paragraphs,  # noqa: E402
                                     train_bpe, windows)
 
@@ -52,7 +52,7 @@ def main() -> None:
                        "python": sys.version.split()[0], "paragraphs": len(paras),
                        "characters": sum(map(len, paras)), "tokenizer": str(args.tokenizer or "byte-level BPE trained here"),
                        "vocab_requested": args.vocab, "stride": args.stride, "seed": args.seed},
-               image={k: entropy_record(load_tokens(p), read_sidecar(p)["K"]) for k, p in image.items()})
+               image={k: entropy_record(p) for k, p in image.items()})
     write_json_atomic(args.out, rec)
     print(f"text: N = {rec['N']}, L = {rec['L']}, vocab = {rec['vocab']}, t*_sustained = {rec['t_star_sustained']}; "
           + "; ".join(f"{k}: t*_sustained = {v['t_star_sustained']}" for k, v in rec["image"].items())

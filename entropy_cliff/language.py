@@ -10,7 +10,7 @@
   every ``stride`` tokens (stride = L: disjoint windows), N of them drawn without replacement.
 
 The windows are an (N, L) corpus with K_t = vocabulary size at every position, measured by
-:func:`entropy_cliff.measure.measure` like any token dump.
+:func:`entropy_cliff.report.measure_corpus` like any token dump (:func:`entropy_record`).
 """
 
 from __future__ import annotations
@@ -117,15 +117,13 @@ def windows(paragraphs: Sequence[str], tokenizer: Any, L: int = 256, stride: int
     return ids[starts[:, None] + np.arange(L)]
 
 
-def entropy_record(X: np.ndarray, K: Sequence[int] | int, epsilon: float = 0.5) -> dict[str, Any]:
-    """``{"N", "L", "vocab", "H_cond", "t_star_sustained", "t_star_theory"}`` of an (N, L) corpus
-    (``vocab`` = max K_t; H_cond in bits, positions 1..L in list order; sustained t* at ``epsilon``)."""
-    from entropy_cliff.measure import measure
-    from entropy_cliff.theory import t_star
+def entropy_record(source: np.ndarray | str | Path, K: int | None = None, epsilon: float = 0.5) -> dict[str, Any]:
+    """``{"N", "L", "vocab", "H_cond", "t_star_sustained", "t_star_theory"}`` of an (N, L) corpus or a
+    token dump measured by :func:`entropy_cliff.report.measure_corpus` (K_t: the uniform ``K`` when
+    given, else the dump's sidecar, else inferred); ``vocab`` = max K_t; H_cond in bits, positions
+    1..L in list order; sustained t* at ``epsilon``."""
+    from entropy_cliff.report import measure_corpus
 
-    X = np.asarray(X)
-    K = np.full(X.shape[1], int(K)) if np.ndim(K) == 0 else np.asarray(K)
-    m = measure(X, K, progress=False)
-    return {"N": int(X.shape[0]), "L": int(X.shape[1]), "vocab": int(K.max()),
-            "H_cond": [float(h) for h in m.H_cond], "t_star_sustained": m.t_star_sustained(epsilon),
-            "t_star_theory": t_star(int(X.shape[0]), [int(k) for k in K])}
+    r = measure_corpus(source, K=K, epsilon=epsilon, progress=False)
+    return {"N": r.N, "L": r.L, "vocab": int(r.K.max()), "H_cond": [float(h) for h in r.measurement.H_cond],
+            "t_star_sustained": r.t_star_sustained, "t_star_theory": r.t_star_theory}

@@ -22,7 +22,8 @@ import numpy as np
 
 from entropy_cliff import theory
 from entropy_cliff.io import atomic_path, load_tokens, read_sidecar, write_text_atomic
-from entropy_cliff.schedules import Schedule, paper_table2
+from entropy_cliff.report import MeasureReport, measure_corpus
+from entropy_cliff.schedules import paper_table2
 
 IMAGENET_N = 1_281_167
 EPSILON = 0.5  # sustained-t* threshold (bits)
@@ -86,25 +87,20 @@ def _read_json(p: Path) -> dict | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
-def _dump(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
-    X, K, label, _ = _dump_meta(path)
-    return X, K, label
+def _measure(path: Path, rows: int | None = None) -> MeasureReport:
+    """The report of a dump (its first ``rows`` rows), K_t resolved by :func:`measure_corpus`, t* at :data:`EPSILON`."""
+    return measure_corpus(path, rows=rows, epsilon=EPSILON, progress=False)
 
 
-def _dump_meta(path: Path) -> tuple[np.ndarray, np.ndarray, str, int | None]:
-    """Tokens, K_t, schedule label and image side (from the sidecar's ``source.image_size``, else None)."""
-    X = load_tokens(path)
-    meta = read_sidecar(path) or {}
-    K = np.asarray(meta.get("K") or [int(X.max()) + 1] * X.shape[1])
-    label = Schedule.from_dict(meta["schedule"], X.shape[1]).label if meta.get("schedule") else path.stem
-    side = (meta.get("source") or {}).get("image_size")
-    return X, K, label, int(side) if side else None
+def _rows(path: Path) -> int:
+    """N of a dump (its array header; the tokens stay on disk)."""
+    return load_tokens(path).shape[0]
 
 
-def _measure(X: np.ndarray, K: np.ndarray):
-    from entropy_cliff.measure import measure
-
-    return measure(X, K, progress=False)
+def _image_side(path: Path) -> int | None:
+    """The image side of a dump's tokenizer, from its sidecar's ``source.image_size`` (for bits per pixel)."""
+    side = ((read_sidecar(path) or {}).get("source") or {}).get("image_size")
+    return int(side) if side else None
 
 
 # ------------------------------------------------------------------------------------ tables 1-2
@@ -127,13 +123,12 @@ def table2(inp: Inputs, out: Path) -> list[Path]:
              "t_star_theory": theory.t_star(IMAGENET_N, s.K)} for s in paper_table2()]
     for name, path in {**{f"demo {k}": p for k, p in inp.demo.items()},
                        **{f"replication {k}": p for k, p in inp.replication_dumps.items()}}.items():
-        X, K, label, side = _dump_meta(path)
-        m = _measure(X, K)
-        rows.append({"schedule": label, "source": f"measured: {name} dump", "N": m.N, "L": m.L,
-                     "K_min": int(K.min()), "K_max": int(K.max()), "mean_K": round(float(K.mean()), 1),
-                     "bpp": round(float(np.log2(K).sum()) / side**2, 4) if side else None, "t_star_theory": theory.t_star(m.N, K),
-                     "t_star_budget": m.t_star_budget(), "t_star_threshold": m.t_star_threshold(EPSILON),
-                     "t_star_sustained": m.t_star_sustained(EPSILON)})
+        r, side = _measure(path), _image_side(path)
+        rows.append({"schedule": r.label, "source": f"measured: {name} dump", "N": r.N, "L": r.L,
+                     "K_min": int(r.K.min()), "K_max": int(r.K.max()), "mean_K": round(float(r.K.mean()), 1),
+                     "bpp": round(float(np.log2(r.K).sum()) / side**2, 4) if side else None,
+                     "t_star_theory": r.t_star_theory, "t_star_budget": r.t_star_budget,
+                     "t_star_threshold": r.t_star_threshold, "t_star_sustained": r.t_star_sustained})
     return write_table(rows, out / "tables" / "table2",
                        "Table 2: schedules; theoretical t* (Eq. 1) and, per dump, measured t* "
                        "(budget: log2 N - H(X<=t) <= 0.5; threshold: first H_t < 0.5; sustained: H_s < 0.5 for all s >= t)"
@@ -141,14 +136,6 @@ def table2(inp: Inputs, out: Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------ Fig. 2
-
-def _curve_from_H(label: str, H: np.ndarray, K: np.ndarray, N: int):
-    from entropy_cliff.plots import EntropyCurve
-    from entropy_cliff.replication import sustained
-
-    cap = np.concatenate([[0.0], np.cumsum(np.log2(K.astype(float)))[:-1]])
-    return EntropyCurve(label, H, math.log2(N) - cap, np.log2(K.astype(float)), theory.t_star(N, K), sustained(H, EPSILON))
-
 
 def fig2a(inp: Inputs, out: Path) -> list[Path]:
     """H_t and remaining budget of the constant and cosine VCQ image dumps (replication dumps, else the
@@ -158,16 +145,17 @@ def fig2a(inp: Inputs, out: Path) -> list[Path]:
     dumps = inp.replication_dumps or inp.demo
     dumps = {k: p for k, p in dumps.items() if k in ("constant", "cosine")} or dumps  # the paper's pair
     curves = []
-    for name, path in dumps.items():
-        X, K, label = _dump(path)
-        n = min(len(X), N or len(X))
-        m = _measure(X[:n], K)
-        curves.append(_curve_from_H(f"image {label}", m.H_cond, K, n))
+    for path in dumps.values():
+        total = _rows(path)
+        n = min(total, N or total)
+        r = _measure(path, rows=n)
+        curves.append(r.entropy_curve(f"image {r.label}"))
         N = n if N is None else N
+    from entropy_cliff.plots import EntropyCurve, entropy_figure
+
     if lang:
-        curves.append(_curve_from_H(f"text BPE V={lang['vocab']}, L={lang['L']}", np.asarray(lang["H_cond"]),
-                                    np.full(lang["L"], lang["vocab"]), lang["N"]))
-    from entropy_cliff.plots import entropy_figure
+        curves.append(EntropyCurve.from_entropies(f"text BPE V={lang['vocab']}, L={lang['L']}", lang["H_cond"],
+                                                  np.full(lang["L"], lang["vocab"]), lang["N"], epsilon=EPSILON))
 
     fig = entropy_figure(curves, f"Fig. 2a at matched N = {N:,}: H(X_t | X_<t) (solid), log2 N - C(t-1) (dashed)")
     return save(fig, out / "fig2a")
@@ -177,7 +165,7 @@ def fig2b(inp: Inputs, out: Path) -> list[Path]:
     """The schedules of Table 2 (L = 256, K_min = 2): K_t and C(t) against log2 N of ImageNet."""
     from entropy_cliff.plots import schedule_figure
 
-    return save(schedule_figure(paper_table2(), math.log2(IMAGENET_N)), out / "fig2b")
+    return save(schedule_figure(paper_table2(), IMAGENET_N), out / "fig2b")
 
 
 # ------------------------------------------------------------------------------------ new analyses
@@ -187,12 +175,12 @@ def tstar_vs_N(inp: Inputs, out: Path) -> list[Path]:
     ceil(log2 n / log2 K_max) and the schedule's capacity prediction t*(n, K_t)."""
     rows = []
     for name, path in inp.demo.items():
-        X, K, label = _dump(path)
-        for n in [s for s in inp.subset_sizes if s < len(X)] + [len(X)]:
-            m = _measure(X[:n], K)
-            rows.append({"dump": name, "schedule": label, "N": n, "t_star_sustained": m.t_star_sustained(EPSILON),
-                         "t_star_uniform_kmax": math.ceil(math.log2(n) / math.log2(int(K.max()))),
-                         "t_star_capacity": theory.t_star(n, K)})
+        total = _rows(path)
+        for n in [s for s in inp.subset_sizes if s < total] + [total]:
+            r = _measure(path, rows=n)
+            rows.append({"dump": name, "schedule": r.label, "N": n, "t_star_sustained": r.t_star_sustained,
+                         "t_star_uniform_kmax": math.ceil(math.log2(n) / math.log2(int(r.K.max()))),
+                         "t_star_capacity": r.t_star_theory})
     fig = _figure(figsize=(6.5, 4))
     ax = fig.subplots()
     for i, name in enumerate(inp.demo):

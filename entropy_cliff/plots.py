@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from entropy_cliff import theory
 from entropy_cliff.io import atomic_path
 from entropy_cliff.schedules import Schedule
 
@@ -41,6 +42,20 @@ class EntropyCurve:
     ci: np.ndarray | None = None
     t_star_threshold: int | None = None
     H_pop: np.ndarray | None = None
+
+    @classmethod
+    def from_entropies(cls, label: str, H_cond: Sequence[float], K: Sequence[int] | np.ndarray, N: int, *,
+                       epsilon: float = 0.5, ci: np.ndarray | None = None,
+                       H_pop: np.ndarray | None = None) -> EntropyCurve:
+        """The curve of a corpus of N rows from its H_t and K_t: R(t) = log2 N - C(t-1), log2 K_t, the
+        theoretical t* (:func:`entropy_cliff.theory.t_star`) and the sustained and threshold t* at
+        ``epsilon`` (:func:`entropy_cliff.measure.t_star_sustained`, :func:`~entropy_cliff.measure.t_star_threshold`)."""
+        from entropy_cliff.measure import t_star_sustained, t_star_threshold
+
+        H, K = np.asarray(H_cond, dtype=np.float64), np.asarray(K, dtype=np.int64)
+        return cls(label=label, H_cond=H, remaining=theory.remaining_budget(N, K), log2_K=np.log2(K.astype(float)),
+                   t_star_theory=theory.t_star(N, K), t_star_empirical=t_star_sustained(H, epsilon), ci=ci,
+                   t_star_threshold=t_star_threshold(H, epsilon), H_pop=H_pop)
 
 
 def _positions_axis(ax, L: int) -> None:
@@ -129,8 +144,6 @@ def entropy_figure(curves: Sequence[EntropyCurve], title: str | None = None, sym
 def schedule_figure(schedules: Sequence[Schedule], N: int | None = None) -> Figure:
     """K_t (left) and cumulative capacity C(t) against log2 N (right) for several schedules; with
     ``N`` each schedule's t* = min{t : C(t) >= log2 N} is marked on the right panel."""
-    from entropy_cliff import theory
-
     log2_N = math.log2(N) if N is not None else None
     colors = sns.color_palette("deep", max(len(schedules), 1))
     fig = Figure(figsize=(10, 5.2), layout="constrained")

@@ -19,21 +19,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from entropy_cliff.errors import EntropyCliffError
+from entropy_cliff.measure import t_star_sustained
 from entropy_cliff.theory import t_star
 
 SETTINGS = ("nocfg", "cfg", "cfg_aware")
-
-
-def sustained(H: Sequence[float], epsilon: float = 0.5) -> int | None:
-    """Smallest t (1-based) with H_s < epsilon for every s >= t; None when H_L >= epsilon.
-
-    Same rule as :meth:`entropy_cliff.measure.Measurement.t_star_sustained`, for a bare H_t list.
-    """
-    H = np.asarray(H, dtype=np.float64)
-    above = np.flatnonzero(H >= epsilon)
-    if above.size == 0:
-        return 1
-    return int(above[-1]) + 2 if above[-1] + 1 < H.size else None
 
 
 def regime(nll_train: Sequence[float], nll_val: Sequence[float], t_star_measured: int | None,
@@ -83,7 +72,7 @@ def run_record(res: Path, run: dict[str, Any], tok: dict[str, Any], jpeg: dict |
     L = len(H)
     K = [int(k) for k in cfg.get("model", {}).get("K", [])] or None
     N = int(nll["train_rows"])
-    ts_meas = sustained(H)
+    ts_meas = t_star_sustained(H)
     main = ev["cfg_aware"] or ev["cfg"] or ev["nocfg"]
     mem = (ev["nocfg"] or {}).get("memorization", {})
     any_ev = next((e for e in ev.values() if e), None)

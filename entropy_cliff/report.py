@@ -27,6 +27,7 @@ pandas, polars and matplotlib are imported only by the methods that need them.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -225,11 +226,8 @@ class MeasureReport:
         from entropy_cliff.plots import EntropyCurve
 
         m = self.measurement
-        return EntropyCurve(label=label or self.label, H_cond=m.H_cond, remaining=self.remaining_budget,
-                            log2_K=np.log2(m.K.astype(float)), t_star_theory=self.t_star_theory,
-                            t_star_empirical=self.t_star_sustained, ci=m.ci,
-                            H_pop=None if m.population is None else m.population.H_cond_pop,
-                            t_star_threshold=self.t_star_threshold)
+        return EntropyCurve.from_entropies(label or self.label, m.H_cond, m.K, self.N, epsilon=self.epsilon, ci=m.ci,
+                                           H_pop=None if m.population is None else m.population.H_cond_pop)
 
     def save(self, out_dir: str | os.PathLike, *, symlog: bool = False) -> list[Path]:
         """Write ``measure.json``, ``measure.csv`` and ``entropy.png`` into ``out_dir`` atomically."""
@@ -314,6 +312,26 @@ def _bytes(n: float) -> str:
     return f"{n:.3g} EiB"  # unreachable
 
 
+def largest_tokens(parts: list[np.ndarray], block_rows: int = 1 << 20) -> np.ndarray:
+    """The largest token at every position of a corpus (its parts), read in blocks of ``block_rows`` rows."""
+    top = np.zeros(parts[0].shape[1], dtype=np.int64)
+    for X in parts:
+        for r0 in range(0, X.shape[0], block_rows):
+            top = np.maximum(top, np.asarray(X[r0 : r0 + block_rows]).max(axis=0).astype(np.int64))
+    return top
+
+
+def first_rows(parts: list[np.ndarray], rows: int) -> list[np.ndarray]:
+    """The first ``rows`` rows of a corpus given as parts (one array, or the shards of a sharded dump), as parts."""
+    out = []
+    for X in parts:
+        if rows <= 0:
+            break
+        out.append(X[:rows])
+        rows -= out[-1].shape[0]
+    return out
+
+
 def looks_variable(parts: list[np.ndarray], block_rows: int = 1 << 20) -> bool:
     """Whether a corpus (its parts: one array, or the shards of a sharded dump) has a per-position largest
     token that clearly grows with t, as a VCQ schedule's does: the largest token + 1 over the first
@@ -321,10 +339,7 @@ def looks_variable(parts: list[np.ndarray], block_rows: int = 1 << 20) -> bool:
     L = parts[0].shape[1]
     if L < 4:
         return False
-    top = np.zeros(L, dtype=np.int64)
-    for X in parts:
-        for r0 in range(0, X.shape[0], block_rows):
-            top = np.maximum(top, np.asarray(X[r0 : r0 + block_rows]).max(axis=0).astype(np.int64))
+    top = largest_tokens(parts, block_rows)
     q = -(-L // 4)
     return 2 * (int(top[:q].max()) + 1) <= int(top[-q:].max()) + 1
 
@@ -333,7 +348,7 @@ def measure_corpus(source: str | os.PathLike | np.ndarray, *, schedule: Schedule
                    key: str | None = None, delta: float = 0.5, epsilon: float = 0.5, bootstrap: int = 0,
                    confidence: float = 0.95, seed: int = 0, progress: bool | None = None, label: str | None = None,
                    warn_variable: bool = False, read_opts: Mapping[str, Any] | None = None,
-                   scheduler: str | None = None, workers: int | None = None) -> MeasureReport:
+                   scheduler: str | None = None, workers: int | None = None, rows: int | None = None) -> MeasureReport:
     """Measure one corpus into a :class:`MeasureReport`: an (N, L) integer array, or a path that
     :func:`entropy_cliff.formats.read_corpus` reads (``.npy``/``.npz``, a directory of shards, a
     LlamaGen codes folder, a TiTok/RAR ``.jsonl``, Parquet) with ``read_opts`` (``input_format``,
@@ -348,9 +363,16 @@ def measure_corpus(source: str | os.PathLike | np.ndarray, *, schedule: Schedule
     The engine is this process (Numba kernel) unless ``scheduler`` (a dask.distributed address) or
     ``workers`` (a local Dask cluster of that many processes) is given: see
     :func:`entropy_cliff.distributed.measure_distributed`; both give identical results.
+
+    ``rows = n`` measures only the first n rows (2 <= n <= N; nested subsets for t* against N) on
+    the local engine: K_t is still resolved for the whole corpus (the sidecar checked against its
+    N rows; an inferred K_t is the largest token + 1 over all N rows), and the report's ``rows``
+    field gives ``{"measured": n, "of": N}``.
     """
     if scheduler is not None and workers is not None:
         raise EntropyCliffError("give either a scheduler address or a number of local workers, not both")
+    if rows is not None and (scheduler is not None or workers is not None):
+        raise EntropyCliffError(f"rows = {rows}: a subset of rows is measured by the local engine only, not by dask")
     if isinstance(source, np.ndarray):
         path, X, info = None, io.as_corpus(source, "array"), None
     else:
@@ -363,7 +385,15 @@ def measure_corpus(source: str | os.PathLike | np.ndarray, *, schedule: Schedule
     N, L = sum(p.shape[0] for p in parts), parts[0].shape[1]
     own = info is None or info["format"] in OUR_FORMATS  # only our dumps have sidecars
     Kt, src, sched = resolve_K(path if own else None, (N, L), schedule=schedule, K=K)
-    check_bootstrap_fits(bootstrap, N, L)
+    if rows is not None:
+        if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or not 2 <= rows <= N:
+            raise EntropyCliffError(f"rows = {rows!r}: must be an integer from 2 to the corpus's N = {N:,}")
+        if Kt is None:  # inferred from every row, as the whole corpus's measurement would
+            Kt = np.full(L, int(largest_tokens(parts).max()) + 1, dtype=np.int64)
+            src = KSource("inferred", f"{src.detail}, over all {N:,} rows")
+        parts = first_rows(parts, int(rows))
+        X = parts if isinstance(X, list) else parts[0]
+    check_bootstrap_fits(bootstrap, N if rows is None else int(rows), L)
     if scheduler is not None or workers is not None:
         from entropy_cliff.distributed import measure_distributed
         if path is None:
@@ -374,6 +404,8 @@ def measure_corpus(source: str | os.PathLike | np.ndarray, *, schedule: Schedule
         from entropy_cliff.measure import measure, without_scipy_linalg
         with without_scipy_linalg():
             m = measure(X, Kt, bootstrap=bootstrap, confidence=confidence, seed=seed, progress=progress)
+        if rows is not None and src.kind == "inferred":
+            m = dataclasses.replace(m, K_inferred=True)
     name = label or (sched.label if sched is not None and sched.kind != "custom" else
                      path.stem if path is not None else "corpus")
     rep = MeasureReport(measurement=m, K_source=src, schedule=sched, file=str(path) if path is not None else None,
@@ -381,6 +413,8 @@ def measure_corpus(source: str | os.PathLike | np.ndarray, *, schedule: Schedule
                         bootstrap={"B": bootstrap, "level": confidence, "seed": seed} if bootstrap else None)
     if info is not None:
         rep.add_field("input", info)
+    if rows is not None:
+        rep.add_field("rows", {"measured": int(rows), "of": N})
     rep.add_field("engine", m.engine)
     if m.population is not None:
         from entropy_cliff import population

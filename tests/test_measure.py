@@ -333,3 +333,20 @@ def test_non_integer_or_empty_input_raises(bad):
         M.measure(bad)
     with pytest.raises(EntropyCliffError, match="integer token array"):
         M.prefix_entropy(bad)
+
+
+@given(st.lists(st.sampled_from([0.0, 0.2, 0.49, 0.5, 0.7, 3.0]), min_size=1, max_size=12),
+       st.sampled_from([0.1, 0.5, 1.0]))
+def test_t_star_rules_on_a_bare_H_list(H, eps):
+    """The two empirical t* rules against their definitions, brute force over t."""
+    L = len(H)
+    threshold = next((t for t in range(1, L + 1) if H[t - 1] < eps), None)
+    sustained = next((t for t in range(1, L + 1) if all(h < eps for h in H[t - 1:])), None)
+    assert M.t_star_threshold(H, eps) == threshold
+    assert M.t_star_sustained(H, eps) == sustained
+
+
+def test_t_star_rules_examples():
+    assert M.t_star_sustained([3, 0.1, 2, 0.4, 0.1]) == 4 and M.t_star_threshold([3, 0.1, 2, 0.4, 0.1]) == 2
+    assert M.t_star_sustained([0.1, 0.2]) == 1
+    assert M.t_star_sustained([1, 1]) is None and M.t_star_threshold([1, 1]) is None

@@ -114,3 +114,52 @@ def test_bootstrap_size_refusals():
         check_bootstrap_fits(10**11, 400, 256, memory_bytes=16 << 30)
     with pytest.raises(EntropyCliffError, match="draw"):
         check_bootstrap_fits(10**7, 1_280_000, 2, memory_bytes=16 << 30)
+
+
+def test_rows_measures_the_first_rows_with_the_whole_corpus_K(tmp_path, cosine_dump):
+    path, X, s = cosine_dump
+    for n in (2, 37, 500):
+        rep = measure_corpus(path, rows=n, progress=False)
+        assert rep.N == n and rep.K.tolist() == s.K.tolist() and rep.K_source.kind == "sidecar"
+        assert rep.measurement.H_cond == pytest.approx(np.diff(brute_H_prefix(X[:n]), prepend=0.0), abs=1e-9)
+        assert rep.t_star_theory == theory.t_star(n, s.K)
+        assert rep.to_dict()["rows"] == {"measured": n, "of": 500}
+    assert "rows" not in measure_corpus(path, progress=False).to_dict()
+    for bad in (1, 501, 0):
+        with pytest.raises(EntropyCliffError, match=f"rows = {bad}: .*N = 500"):
+            measure_corpus(path, rows=bad, progress=False)
+    with pytest.raises(EntropyCliffError, match="rows = 2: .*local engine"):
+        measure_corpus(path, rows=2, workers=2)
+    meta = path.with_suffix(".meta.json")  # the sidecar is checked against all N rows, not the n measured
+    d = json.loads(meta.read_text())
+    meta.write_text(json.dumps(d | {"N": 100}))
+    with pytest.raises(EntropyCliffError, match="'N' = 100 but the array has N = 500"):
+        measure_corpus(path, rows=100, progress=False)
+    # a sharded dump: the first rows cross shard borders; without a sidecar K_t is inferred from every row
+    d_ = tmp_path / "shards"
+    d_.mkdir()
+    Y = X.astype(np.uint16)
+    Y[-1, 0] = 999  # the largest token sits in the last row
+    for i, part in enumerate(np.split(Y, [100, 100, 260])):
+        np.save(d_ / f"shard-{i:05d}.npy", part)
+    rep = measure_corpus(d_, rows=150, progress=False)
+    assert rep.N == 150 and rep.K.tolist() == [1000] * 8 and rep.K_source.kind == "inferred"
+    assert rep.measurement.K_inferred and "all 500 rows" in rep.K_source.detail
+    ref = measure_corpus(Y[:150], K=1000, progress=False)
+    assert rep.measurement.H_cond == pytest.approx(ref.measurement.H_cond, abs=1e-12)
+    assert rep.t_stars() == ref.t_stars()
+
+
+def test_entropy_curve_from_a_bare_H_list_matches_the_report(cosine_dump):
+    from entropy_cliff.plots import EntropyCurve
+
+    path, _, s = cosine_dump
+    rep = measure_corpus(path, progress=False, epsilon=1.0)
+    c = rep.entropy_curve()
+    bare = EntropyCurve.from_entropies("x", rep.measurement.H_cond.tolist(), s.K, 500, epsilon=1.0)
+    assert (c.t_star_empirical, c.t_star_threshold, c.t_star_theory) == \
+           (rep.t_star_sustained, rep.t_star_threshold, rep.t_star_theory) == \
+           (bare.t_star_empirical, bare.t_star_threshold, bare.t_star_theory)
+    assert c.t_star_threshold is not None
+    np.testing.assert_allclose(bare.remaining, rep.remaining_budget)
+    np.testing.assert_allclose(bare.log2_K, np.log2(s.K))
