@@ -148,13 +148,11 @@ def train_jobs(lay: Layout) -> list[Job]:
     for r in AR_RUNS:
         def train_ar(r: ARRun = r) -> None:
             out, res = lay.ar(r), lay.ar_results(r)
-            if (out / "train_state.pt").exists():
-                run(vcq("train-ar", "--out", out, "--resume", "--format", "json", "--quiet"))
-            else:
-                tr, va = lay.dump(r.tok, "train"), lay.dump(r.tok, "val")
-                run(vcq("train-ar", "--tokens", tr, "--labels", labels_of(tr), "--val-tokens", va,
-                        "--val-labels", labels_of(va), *AR_ARGS, "--steps", AR_STEPS, "--seed", r.seed,
-                        *([] if r.regularized else UNREGULARIZED), "--out", out, "--format", "json", "--quiet"))
+            tr, va = lay.dump(r.tok, "train"), lay.dump(r.tok, "val")
+            resume = ["--resume"] if (out / "train_state.pt").exists() else []  # a killed run continues
+            run(vcq("train-ar", "--tokens", tr, "--labels", labels_of(tr), "--val-tokens", va,
+                    "--val-labels", labels_of(va), *AR_ARGS, "--steps", AR_STEPS, "--seed", r.seed,
+                    *([] if r.regularized else UNREGULARIZED), *resume, "--out", out, "--format", "json", "--quiet"))
             res.mkdir(parents=True, exist_ok=True)
             for f in ("nll.json", "config.json", "metrics.jsonl"):
                 shutil.copy2(out / f, res / f)
@@ -183,6 +181,8 @@ def eval_jobs(lay: Layout) -> list[Job]:
         first = next(iter(TOKENIZERS))
         jobs.append(Job(f"recon:{t}", recon, lay.results / t / "RECON_DONE", [] if t == first else [f"recon:{first}"]))
     for r in AR_RUNS:
+        if not (lay.ar_results(r) / "DONE").exists():  # still training: evaluated by a later run of this stage
+            continue
         for setting, flags in SAMPLINGS.items():
             def sample_eval(r: ARRun = r, setting: str = setting, flags: list[str] = flags) -> None:
                 d, g = lay.ar(r) / f"samples_{setting}", lay.ar(r) / f"grid_{setting}"
