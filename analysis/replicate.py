@@ -79,7 +79,7 @@ AR_RUNS = ([ARRun("constant", True, 0), ARRun("cosine", True, 0), ARRun("constan
            + [ARRun("constant", True, 1), ARRun("cosine", True, 1)])
 # sampling: T = 1 without guidance; the pow-cosine ramp of the paper (scale 4, p 1.5) without and
 # with the CodebookSize-Aware gating (Eq. 4)
-N_SAMPLES = 600
+N_SAMPLES = 1000  # dFID needs >= 1000 samples (and >= 10 x the 64-d classifier features) to mean anything
 N_CLASSES = 15  # source images of the patches data
 SAMPLINGS = {
     "nocfg": ["--schedule", "none", "--temperature", "1.0"],
@@ -176,6 +176,7 @@ def eval_jobs(lay: Layout) -> list[Job]:
 
         def recon(t: str = t) -> None:  # reconstruction metrics; the first one also trains the shared dFID classifier
             run(vcq("evaluate", "--tokenizer", lay.tok(t), "--cache-dir", lay.work / "dfid-cache", "--seed", 0,
+                    "--n-recon", N_SAMPLES,
                     "--out", lay.results / t / "recon.json", "--format", "json", "--quiet"))
 
         first = next(iter(TOKENIZERS))
@@ -195,7 +196,7 @@ def eval_jobs(lay: Layout) -> list[Job]:
                 shutil.copy2(g / "grid.png", lay.ar_results(r) / f"grid_{setting}.png")
                 ev = lay.ar_results(r) / f"eval_{setting}.json"
                 run(vcq("evaluate", "--samples", d, "--ckpt", lay.ar(r), "--tokenizer", lay.tok(r.tok),
-                        "--cache-dir", lay.work / "dfid-cache", "--probe-k", "1,3,all", "--seed", 0,
+                        "--cache-dir", lay.work / "dfid-cache", "--probe-k", "1,3,all", "--seed", 0, "--n-recon", N_SAMPLES,
                         "--out", ev, "--format", "json", "--quiet"))
 
             jobs.append(Job(f"eval:{r.name}:{setting}", sample_eval, lay.ar_results(r) / f"EVAL_{setting}_DONE",
