@@ -8,7 +8,7 @@ and the model sees ``[c, x_1, ..., x_{L-1}]`` to predict ``[x_1, ..., x_L]``.
 Blocks are pre-norm: ``h += Attn(RMSNorm(h))``, ``h += SwiGLU(RMSNorm(h))`` with rotary position
 embeddings (RoPE) on queries and keys and no biases anywhere. The head is a ``K_max``-way linear
 layer shared by all positions; position t's logits at indices ``>= K_t`` are set to ``-inf``
-(SPEC §4), so softmax gives them exactly zero probability and the next-token cross-entropy is
+(docs/formulas.md, nested-prefix quantization), so softmax gives them exactly zero probability and the next-token cross-entropy is
 unchanged in form (it normalises over the K_t valid codes only).
 
 Class id ``num_classes`` is the null class of classifier-free guidance; during training each label

@@ -1,4 +1,4 @@
-"""Named configurations as dataclasses (paper Appendix A, SPEC §6).
+"""Named configurations as dataclasses (paper Appendix A).
 
 A preset is a plain dataclass instance. The command line starts from a preset and replaces the
 fields given as flags (:func:`override`); the resolved configuration (:func:`to_dict`) is what a run
@@ -59,7 +59,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TokenizerConfig:
-    """A 1D (TiTok-style) tokenizer with a variable-codebook quantizer (SPEC §4).
+    """A 1D (TiTok-style) tokenizer with a variable-codebook quantizer (docs/formulas.md).
 
     ``schedule``/``kmin``/``kmax``/``power`` define K_t (Eq. 3) over the ``num_latent`` = L
     positions. ``code_dim`` is the quantized latent width; ``beta`` weighs the commitment term
@@ -174,7 +174,7 @@ def from_dict(cls: type[T], d: dict[str, Any]) -> T:
 
 
 # ---------------------------------------------------------------------------------------------
-# AR model and sampling presets (paper Appendix A and Table 7; SPEC §5-6)
+# AR model and sampling presets (paper Appendix A and Table 7)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -251,7 +251,7 @@ class SamplingConfig:
     """Sampling settings (:func:`vcq.sampling.sample`), checked when built.
 
     ``schedule`` is the guidance ramp over positions (none / constant / linear / cosine, the
-    pow-cosine of SPEC §5 with exponent ``power``); ``scale`` is the base CFG scale w (1 = no
+    pow-cosine of docs/formulas.md with exponent ``power``); ``scale`` is the base CFG scale w (1 = no
     guidance); ``codebook_aware`` applies the CodebookSize-Aware gating s_t = 1 + r_t (s_t^base - 1)
     (Eq. 4). The default ramp is ``constant``, so ``SamplingConfig(scale=4)`` is standard CFG with
     w = 4; ``schedule="none"`` with a scale other than 1 is refused (it would ignore the scale).

@@ -1,4 +1,4 @@
-"""Variable-codebook vector quantizer (VCQ, paper §3 "Shared codebook"; SPEC §4).
+"""Variable-codebook vector quantizer (VCQ, paper §3 "Shared codebook"; docs/formulas.md).
 
 One codebook ``E`` of ``K_max`` vectors is shared by all L positions; position t may only use its
 first ``K_t`` entries (nested prefixes, no extra parameters)::
@@ -250,7 +250,7 @@ class VariableCodebookQuantizer(nn.Module):
         """Per-position statistics of the assignments counted since :meth:`reset_usage`.
 
         ``codes_used[t]``: distinct codes; ``perplexity[t]`` = 2^{H(X_t)}; ``utilization[t]`` =
-        H(X_t) / log2 K_t (SPEC §1, 0 where K_t = 1).
+        H(X_t) / log2 K_t (docs/formulas.md; 0 where K_t = 1).
         """
         if self.counts is None:
             raise EntropyCliffError("no assignments counted yet")

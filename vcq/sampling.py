@@ -1,6 +1,6 @@
 """Sampling from an :class:`vcq.ar.ARTransformer`: KV cache, temperature, top-k/top-p, and CFG.
 
-Classifier-free guidance (paper Eq. 4, SPEC §5) mixes conditional and unconditional (null-class)
+Classifier-free guidance (paper Eq. 4; docs/formulas.md) mixes conditional and unconditional (null-class)
 logits at position t as ``l_t = l_u + s_t (l_c - l_u)``; ``s_t = 1`` is no guidance. The
 per-position scale comes from :func:`guidance_scales`:
 
@@ -47,7 +47,7 @@ RATIOS = ("log", "linear")
 
 
 def capacity_ratio(k_t: np.ndarray, ratio: str = "log") -> np.ndarray:
-    """r_t of SPEC §5: 0 at K_min, 1 at K_max, in log2 K (default) or in K; all ones if uniform."""
+    """r_t of docs/formulas.md: 0 at K_min, 1 at K_max, in log2 K (default) or in K; all ones if uniform."""
     k = np.asarray(k_t, dtype=np.float64)
     if ratio not in RATIOS:
         raise EntropyCliffError(f"unknown capacity ratio {ratio!r} (choose from {', '.join(RATIOS)})")

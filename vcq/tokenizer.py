@@ -83,7 +83,7 @@ class TokenizerOutput:
 
 
 def schedule_of(cfg: TokenizerConfig) -> Schedule:
-    """The codebook-size schedule a tokenizer configuration describes (SPEC §3)."""
+    """The codebook-size schedule a tokenizer configuration describes (docs/formulas.md)."""
     if cfg.kmin > cfg.kmax:
         raise EntropyCliffError(f"K_min = {cfg.kmin} exceeds K_max = {cfg.kmax}")
     kmin = cfg.kmax if cfg.schedule == "constant" else cfg.kmin  # a constant schedule is K_max everywhere

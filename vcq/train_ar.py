@@ -3,7 +3,7 @@
 - :func:`load_token_dump` reads ``tokens.npy`` + sidecar + labels and checks them against each
   other (K_t from the sidecar, every token < K_t, one label per row, class ids in range).
 - :class:`TokenData` serves batches ``{"tokens", "labels"}`` to the loop; :class:`ARTask` computes
-  the next-token cross-entropy (SPEC §6 dropouts live in the model).
+  the next-token cross-entropy (the paper's three dropouts, Appendix A, live in the model).
 - :func:`nll_per_position` gives the per-position NLL in bits, the model's counterpart of the
   data's conditional entropy H_t from ``entropy-cliff measure``: on the training rows it can fall
   to H_t (and below, for a model that memorises), on held-out rows it shows what generalises.
