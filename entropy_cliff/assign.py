@@ -126,7 +126,7 @@ def _exact_argmin(z: np.ndarray, codebook: np.ndarray, cand: np.ndarray | int) -
 
 
 def nested_assign(features: np.ndarray, codebook: np.ndarray, K: Sequence[int], *, use_gpu: bool | None = None,
-                  batch_size: int = 1 << 18, threads: int | None = None, candidates: int = 8) -> np.ndarray:
+                  batch_size: int = 1 << 18, threads: int | None = None, candidates: int = 4) -> np.ndarray:
     """Tokens (N, L) int64: for each (n, t), the index of the nearest of the first K_t codes, equal
     to :func:`brute_force_assign` (float64, lowest index on ties).
 
