@@ -1,11 +1,11 @@
 """Nested-prefix assignment: FAISS (entropy_cliff.assign) vs torch brute force (vcq.quantizer).
 
-    python benchmarks/bench_assign.py --N 500 --L 256 --dim 12 --kmax 16384 --schedule cosine [--gpu]
+    python benchmarks/bench_assign.py --N 500 --L 256 --dim 12 --kmax 16384 --schedule cosine [--gpu] [--offset 1e3]
 
-Random Gaussian features (N, L, d) and codebook (K_max, d). FAISS searches each K_t group in a flat
-index over the codebook slice E[:K_t]; the torch reference computes the full masked distance matrix
-(chunked, float32) and takes the argmin. Reports seconds, queries/s and the agreement of the two
-(disagreements can only be float32 near-ties). Prints one JSON object.
+Random Gaussian features (N, L, d) and codebook (K_max, d), both shifted by ``--offset``. FAISS
+searches each K_t group in a flat index over the codebook slice E[:K_t]; the torch reference
+computes the full masked distance matrix (chunked) and takes the argmin. Both equal a float64 brute force, so the agreement must be 1.
+Reports seconds and queries/s. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--kmin", type=int, default=2)
     ap.add_argument("--kmax", type=int, default=16384)
     ap.add_argument("--schedule", default="cosine")
+    ap.add_argument("--offset", type=float, default=0.0, help="added to features and codebook")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for FAISS and torch")
     ap.add_argument("--gpu", action="store_true", help="FAISS GPU index and torch on CUDA")
     args = ap.parse_args()
@@ -37,8 +38,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     sched = Schedule(args.schedule, args.kmin, args.kmax, args.L)
     rng = np.random.default_rng(0)
-    feats = rng.standard_normal((args.N, args.L, args.dim)).astype(np.float32)
-    code = rng.standard_normal((args.kmax, args.dim)).astype(np.float32)
+    feats = (rng.standard_normal((args.N, args.L, args.dim)) + args.offset).astype(np.float32)
+    code = (rng.standard_normal((args.kmax, args.dim)) + args.offset).astype(np.float32)
 
     t0 = time.perf_counter()
     got = nested_assign(feats, code, sched.K, use_gpu=args.gpu, threads=args.threads)
@@ -59,7 +60,8 @@ def main() -> None:
 
     q = args.N * args.L
     print(json.dumps({
-        "N": args.N, "L": args.L, "dim": args.dim, "schedule": sched.label, "mean_K": sched.mean_K,
+        "N": args.N, "L": args.L, "dim": args.dim, "offset": args.offset, "schedule": sched.label,
+        "mean_K": sched.mean_K,
         "queries": q, "faiss_gpu": bool(args.gpu and gpu_available()), "torch_device": str(dev),
         "threads": args.threads, "faiss_s": round(t_faiss, 3), "torch_bruteforce_s": round(t_torch, 3),
         "faiss_queries_per_s": round(q / t_faiss), "torch_queries_per_s": round(q / t_torch),
