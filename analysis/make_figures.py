@@ -22,7 +22,9 @@ from entropy_cliff.paper_figures import OUTPUTS, Inputs, build  # noqa: E402
 REPLICATION_ORDER = ("constant", "constant_half", "linear", "cosine", "power")
 
 
-def default_inputs(root: Path, figures: Path) -> Inputs:
+def default_inputs(root: Path) -> Inputs:
+    """The committed inputs: demo dumps, replication dumps and results, and the two summaries in figures/."""
+    figures = root / "figures"
     data, rep = root / "entropy_cliff" / "data", root / "results" / "replication"
     dumps = {k: rep / k / "train" / "tokens.npy" for k in REPLICATION_ORDER}
     return Inputs(demo={k: data / f"demo_{k}.npy" for k in ("constant", "cosine")},
@@ -37,7 +39,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", choices=list(OUTPUTS))
     args = ap.parse_args()
     t0 = time.perf_counter()
-    for name, res in build(default_inputs(ROOT, args.out), args.out, args.only).items():
+    for name, res in build(default_inputs(ROOT), args.out, args.only).items():
         print(f"{name}: {res if isinstance(res, str) else ', '.join(str(p.relative_to(args.out)) for p in res)}")
     print(f"done in {time.perf_counter() - t0:.0f} s")
 

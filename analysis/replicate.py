@@ -22,7 +22,7 @@ reconstruction PSNR); per tokenizer, JPEG (Pillow) at the tokenizer's bits per p
 (:func:`vcq.jpeg_anchor.jpeg_at_bpp`). ``collect``: ``figures/replication.json``
 (:func:`entropy_cliff.replication.collect`).
 
-Every job writes ``DONE`` in its directory when it finishes and is skipped on a re-run; an
+Every job leaves a marker in ``WORK/done/`` when it finishes and is skipped on a re-run; an
 interrupted training job continues from its checkpoint (``--resume``). Jobs run ``--jobs`` at a
 time, one torch thread each, in dependency order. Checkpoints live under ``--work`` (ignored by git),
 small results under ``--results`` (committed).
@@ -41,6 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from entropy_cliff.io import labels_path  # noqa: E402
 from entropy_cliff.jobs import Job, run_jobs  # noqa: E402
 
 KMAX, LENGTH = 1024, 32
@@ -106,11 +107,10 @@ class Layout:
     def ar_results(self, r: ARRun) -> Path:
         return self.results / "ar" / r.name
 
-
-def labels_of(tokens: Path) -> Path:
-    """The labels of a dump: ``NAME.labels.npy`` beside it, else ``labels.npy`` in its folder."""
-    named = tokens.with_name(tokens.stem + ".labels.npy")
-    return named if named.exists() else tokens.parent / "labels.npy"
+    def done(self, job: str) -> Path:
+        """A finished job's marker: under ``work`` with the checkpoints it vouches for (never committed),
+        so a fresh clone reruns every job."""
+        return self.work / "done" / job.replace(":", "_")
 
 
 def vcq(*args: object) -> list[str]:
@@ -137,27 +137,27 @@ def train_jobs(lay: Layout) -> list[Job]:
                 run(vcq("train-tokenizer", *TOK_ARGS, "--schedule", s["schedule"], "--kmin", s["kmin"],
                         "--kmax", s["kmax"], "--power", s["power"], "--threads", 1, "--out", out, "--quiet"))
 
-        jobs.append(Job(f"tok:{t}", train_tok, out / "DONE"))
+        jobs.append(Job(f"tok:{t}", train_tok, lay.done(f"tok:{t}")))
 
         def dumps(t: str = t) -> None:
             for split, n, seed in (("train", N, TRAIN_SEED), ("val", N_VAL, VAL_SEED)):
                 run(vcq("dump-tokens", "--ckpt", lay.tok(t), "--data", "patches", "--n", n, "--data-seed", seed,
                         "--split", "all", "--threads", 1, "--out", lay.dump(t, split), "--quiet"))
 
-        jobs.append(Job(f"dump:{t}", dumps, lay.dump(t, "train").parent / "DONE", [f"tok:{t}"]))
+        jobs.append(Job(f"dump:{t}", dumps, lay.done(f"dump:{t}"), [f"tok:{t}"]))
     for r in AR_RUNS:
         def train_ar(r: ARRun = r) -> None:
             out, res = lay.ar(r), lay.ar_results(r)
             tr, va = lay.dump(r.tok, "train"), lay.dump(r.tok, "val")
             resume = ["--resume"] if (out / "train_state.pt").exists() else []  # a killed run continues
-            run(vcq("train-ar", "--tokens", tr, "--labels", labels_of(tr), "--val-tokens", va,
-                    "--val-labels", labels_of(va), *AR_ARGS, "--steps", AR_STEPS, "--seed", r.seed,
+            run(vcq("train-ar", "--tokens", tr, "--labels", labels_path(tr), "--val-tokens", va,
+                    "--val-labels", labels_path(va), *AR_ARGS, "--steps", AR_STEPS, "--seed", r.seed,
                     *([] if r.regularized else UNREGULARIZED), *resume, "--out", out, "--format", "json", "--quiet"))
             res.mkdir(parents=True, exist_ok=True)
             for f in ("nll.json", "config.json", "metrics.jsonl"):
                 shutil.copy2(out / f, res / f)
 
-        jobs.append(Job(f"ar:{r.name}", train_ar, lay.ar_results(r) / "DONE", [f"dump:{r.tok}"]))
+        jobs.append(Job(f"ar:{r.name}", train_ar, lay.done(f"ar:{r.name}"), [f"dump:{r.tok}"]))
     return jobs
 
 
@@ -172,7 +172,7 @@ def eval_jobs(lay: Layout) -> list[Job]:
             images = tokenizer_val_crops(lay.tok(t), 500)
             write_json_atomic(lay.results / t / "jpeg.json", jpeg_at_bpp(images, K))
 
-        jobs.append(Job(f"jpeg:{t}", jpeg, lay.results / t / "JPEG_DONE"))
+        jobs.append(Job(f"jpeg:{t}", jpeg, lay.done(f"jpeg:{t}")))
 
         def recon(t: str = t) -> None:  # reconstruction metrics; the first one also trains the shared dFID classifier
             run(vcq("evaluate", "--tokenizer", lay.tok(t), "--cache-dir", lay.work / "dfid-cache", "--seed", 0,
@@ -180,9 +180,9 @@ def eval_jobs(lay: Layout) -> list[Job]:
                     "--out", lay.results / t / "recon.json", "--format", "json", "--quiet"))
 
         first = next(iter(TOKENIZERS))
-        jobs.append(Job(f"recon:{t}", recon, lay.results / t / "RECON_DONE", [] if t == first else [f"recon:{first}"]))
+        jobs.append(Job(f"recon:{t}", recon, lay.done(f"recon:{t}"), [] if t == first else [f"recon:{first}"]))
     for r in AR_RUNS:
-        if not (lay.ar_results(r) / "DONE").exists():  # still training: evaluated by a later run of this stage
+        if not lay.done(f"ar:{r.name}").exists():  # still training: evaluated by a later run of this stage
             continue
         for setting, flags in SAMPLINGS.items():
             def sample_eval(r: ARRun = r, setting: str = setting, flags: list[str] = flags) -> None:
@@ -199,7 +199,7 @@ def eval_jobs(lay: Layout) -> list[Job]:
                         "--cache-dir", lay.work / "dfid-cache", "--probe-k", "1,3,all", "--seed", 0, "--n-recon", N_SAMPLES,
                         "--out", ev, "--format", "json", "--quiet"))
 
-            jobs.append(Job(f"eval:{r.name}:{setting}", sample_eval, lay.ar_results(r) / f"EVAL_{setting}_DONE",
+            jobs.append(Job(f"eval:{r.name}:{setting}", sample_eval, lay.done(f"eval:{r.name}:{setting}"),
                             [f"recon:{next(iter(TOKENIZERS))}"]))
     return jobs
 
@@ -216,12 +216,17 @@ def make_quick() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stage", choices=("train", "eval", "collect", "all"), required=True)
-    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "replication", help="checkpoints (not committed)")
-    ap.add_argument("--results", type=Path, default=ROOT / "results" / "replication", help="committed results")
-    ap.add_argument("--out", type=Path, default=ROOT / "figures" / "replication.json")
+    ap.add_argument("--work", type=Path, help="checkpoints and job markers, not committed (default runs/replication)")
+    ap.add_argument("--results", type=Path, help="committed results (default results/replication)")
+    ap.add_argument("--out", type=Path, help="the summary (default figures/replication.json)")
     ap.add_argument("--jobs", type=int, default=2, help="processes side by side (one torch thread each)")
-    ap.add_argument("--quick", action="store_true", help="a smoke test: a few steps and rows per job")
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke test: a few steps and rows per job, everything under runs/quick (never the committed results)")
     args = ap.parse_args()
+    base = ROOT / "runs" / "quick" if args.quick else None
+    args.work = args.work or (base or ROOT / "runs") / "replication"
+    args.results = args.results or (base / "results" if base else ROOT / "results" / "replication")
+    args.out = args.out or (base / "replication.json" if base else ROOT / "figures" / "replication.json")
     if args.quick:
         make_quick()
     lay = Layout(args.work.resolve(), args.results.resolve())

@@ -283,14 +283,21 @@ def json_text(obj: Any) -> str:
 
 
 def csv_text(rows: list[dict[str, Any]]) -> str:
-    """Rows as CSV: a header from the first row's keys, ``\n`` line ends, no trailing blank line."""
+    """Rows as CSV: a header from the rows' keys (in first-seen order; a row without a key leaves its
+    cell empty), ``\n`` line ends, no trailing blank line."""
     if not rows:
         return ""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), lineterminator="\n")
     writer.writeheader()
     writer.writerows(jsonable(rows))
     return buf.getvalue()
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON value in ``path``, or None when there is no such file."""
+    p = Path(path)
+    return json.loads(p.read_text()) if p.is_file() else None
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -10,9 +10,6 @@ whose inputs exist and reports the others as skipped.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +18,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from entropy_cliff import theory
-from entropy_cliff.io import atomic_path, load_tokens, read_sidecar, write_text_atomic
+from entropy_cliff.io import csv_text, load_tokens, read_json, read_sidecar, write_text_atomic
 from entropy_cliff.report import MeasureReport, measure_corpus
-from entropy_cliff.schedules import paper_table2
+from entropy_cliff.schedules import bpp, paper_table2
 
 IMAGENET_N = 1_281_167
 EPSILON = 0.5  # sustained-t* threshold (bits)
@@ -54,37 +51,25 @@ def write_table(rows: list[dict[str, Any]], stem: Path, title: str = "") -> list
             return f"{v:.4g}" if abs(v) < 1000 else f"{v:.1f}"
         return str(v)
 
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, cols, lineterminator="\n")
-    w.writeheader()
-    w.writerows([{c: r.get(c) for c in cols} for r in rows])
     md = ([f"# {title}", ""] if title else []) + ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(cell(r.get(c)).replace("|", "\\|") for c in cols) + " |" for r in rows]
     csv_p, md_p = stem.with_suffix(".csv"), stem.with_suffix(".md")
-    write_text_atomic(csv_p, buf.getvalue())
+    write_text_atomic(csv_p, csv_text(rows))
     write_text_atomic(md_p, "\n".join(md) + "\n")
     return [csv_p, md_p]
 
 
 def save(fig, stem: Path, pdf: bool = True) -> list[Path]:
-    """``stem.png`` (and ``stem.pdf``, without a creation date so that reruns are byte-identical), atomically."""
-    out = []
-    for ext in ("png", "pdf") if pdf else ("png",):
-        p = stem.with_suffix(f".{ext}")
-        with atomic_path(p) as tmp:
-            fig.savefig(tmp, format=ext, dpi=150, metadata={"CreationDate": None} if ext == "pdf" else None)
-        out.append(p)
-    return out
+    """``stem.png`` and, for paper-style figures, ``stem.pdf`` (:func:`entropy_cliff.plots.save_figure`)."""
+    from entropy_cliff.plots import save_figure
+
+    return [save_figure(fig, stem.with_suffix(f".{ext}")) for ext in (("png", "pdf") if pdf else ("png",))]
 
 
 def _figure(*args, **kw):
     from matplotlib.figure import Figure
 
     return Figure(*args, layout="constrained", **kw)
-
-
-def _read_json(p: Path) -> dict | None:
-    return json.loads(p.read_text()) if p.is_file() else None
 
 
 def _measure(path: Path, rows: int | None = None) -> MeasureReport:
@@ -126,7 +111,7 @@ def table2(inp: Inputs, out: Path) -> list[Path]:
         r, side = _measure(path), _image_side(path)
         rows.append({"schedule": r.label, "source": f"measured: {name} dump", "N": r.N, "L": r.L,
                      "K_min": int(r.K.min()), "K_max": int(r.K.max()), "mean_K": round(float(r.K.mean()), 1),
-                     "bpp": round(float(np.log2(r.K).sum()) / side**2, 4) if side else None,
+                     "bpp": round(bpp(r.K, side, side), 4) if side else None,
                      "t_star_theory": r.t_star_theory, "t_star_budget": r.t_star_budget,
                      "t_star_threshold": r.t_star_threshold, "t_star_sustained": r.t_star_sustained})
     return write_table(rows, out / "tables" / "table2",
@@ -140,7 +125,7 @@ def table2(inp: Inputs, out: Path) -> list[Path]:
 def fig2a(inp: Inputs, out: Path) -> list[Path]:
     """H_t and remaining budget of the constant and cosine VCQ image dumps (replication dumps, else the
     demo dumps, cut to the text's N) and the text corpus, at one N."""
-    lang = _read_json(inp.language)
+    lang = read_json(inp.language)
     N = int(lang["N"]) if lang else None
     dumps = inp.replication_dumps or inp.demo
     dumps = {k: p for k, p in dumps.items() if k in ("constant", "cosine")} or dumps  # the paper's pair
@@ -179,7 +164,7 @@ def tstar_vs_N(inp: Inputs, out: Path) -> list[Path]:
         for n in [s for s in inp.subset_sizes if s < total] + [total]:
             r = _measure(path, rows=n)
             rows.append({"dump": name, "schedule": r.label, "N": n, "t_star_sustained": r.t_star_sustained,
-                         "t_star_uniform_kmax": math.ceil(math.log2(n) / math.log2(int(r.K.max()))),
+                         "t_star_uniform_kmax": theory.t_star(n, int(r.K.max())),
                          "t_star_capacity": r.t_star_theory})
     fig = _figure(figsize=(6.5, 4))
     ax = fig.subplots()
@@ -239,7 +224,7 @@ def frontier_fig(inp: Inputs, out: Path) -> list[Path]:
 
 def replication_tables(inp: Inputs, out: Path) -> list[Path]:
     """Our Table 4 analogue, the CFG ablation (App. C, Table 8) and the linear probe table (§4.4)."""
-    rep = _read_json(inp.replication)
+    rep = read_json(inp.replication)
     runs = rep["runs"]
 
     def head(r: dict) -> dict:
@@ -283,7 +268,7 @@ def _run_title(r: dict) -> str:
 
 def replication_nll(inp: Inputs, out: Path) -> list[Path]:
     """Per run: the data's class-conditional H_t beside the AR's train and held-out NLL per position."""
-    runs = _read_json(inp.replication)["runs"]
+    runs = read_json(inp.replication)["runs"]
     fig, axes = _grid(len(runs))
     for ax, r in zip(axes, runs):
         t = np.arange(1, len(r["H_cond"]) + 1)
@@ -305,7 +290,7 @@ def replication_nll(inp: Inputs, out: Path) -> list[Path]:
 
 def replication_memorization(inp: Inputs, out: Path) -> list[Path]:
     """Share of unguided samples whose first m tokens start a training sequence, per run."""
-    runs = [r for r in _read_json(inp.replication)["runs"] if r.get("memorization_prefix_share")]
+    runs = [r for r in read_json(inp.replication)["runs"] if r.get("memorization_prefix_share")]
     fig = _figure(figsize=(7, 4.2))
     ax = fig.subplots()
     for i, r in enumerate(runs):
@@ -325,7 +310,7 @@ def replication_samples(inp: Inputs, out: Path) -> list[Path]:
     """Sample grids (CodebookSize-Aware CFG, one column per class) of the regularized seed-0 runs."""
     from PIL import Image
 
-    runs = [r for r in _read_json(inp.replication)["runs"] if r["regularized"] and r["seed"] == 0]
+    runs = [r for r in read_json(inp.replication)["runs"] if r["regularized"] and r["seed"] == 0]
     grids = [(r, inp.replication_results / "ar" / r["name"] / "grid_cfg_aware.png") for r in runs]
     grids = [(r, p) for r, p in grids if p.is_file()]
     fig = _figure(figsize=(9, 2.0 * max(len(grids), 1)))
@@ -341,7 +326,7 @@ def replication_samples(inp: Inputs, out: Path) -> list[Path]:
 # ------------------------------------------------------------------------------------ driver
 
 def _has_replication(inp: Inputs) -> bool:
-    rep = _read_json(inp.replication)
+    rep = read_json(inp.replication)
     return bool(rep and rep.get("runs"))
 
 

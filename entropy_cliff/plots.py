@@ -176,7 +176,9 @@ def schedule_figure(schedules: Sequence[Schedule], N: int | None = None) -> Figu
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 150) -> Path:
-    """Write ``fig`` as PNG atomically (no partial file on failure)."""
+    """Write ``fig`` atomically (no partial file on failure) as PNG, or as PDF when ``path`` ends in
+    ``.pdf`` (without a creation date, so that a rerun writes the same bytes)."""
+    pdf = Path(path).suffix == ".pdf"
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
+        fig.savefig(tmp, format="pdf" if pdf else "png", dpi=dpi, metadata={"CreationDate": None} if pdf else None)
     return Path(path)

@@ -12,13 +12,13 @@ sequences past the cliff but cannot predict unseen ones there.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from entropy_cliff.errors import EntropyCliffError
+from entropy_cliff.io import read_json
 from entropy_cliff.measure import t_star_sustained
 from entropy_cliff.theory import t_star
 
@@ -41,10 +41,6 @@ def regime(nll_train: Sequence[float], nll_val: Sequence[float], t_star_measured
     return {"from_t": t_star_measured, "train_after": a, "val_after": b, "reached": bool(a < train_below and b > val_above)}
 
 
-def _read(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def _probe(ev: dict | None, k: int) -> float | None:
     if not ev or "linear_probe" not in ev:
         return None
@@ -63,11 +59,11 @@ def run_record(res: Path, run: dict[str, Any], tok: dict[str, Any], jpeg: dict |
                recon: dict | None = None) -> dict[str, Any]:
     """One entry of ``runs`` in ``figures/replication.json`` from a run's results folder (``jpeg``,
     ``recon``: the tokenizer's ``jpeg.json`` and ``recon.json``)."""
-    nll = _read(res / "nll.json")
+    nll = read_json(res / "nll.json")
     if nll is None:
         raise EntropyCliffError(f"{res}: no nll.json (the run has not finished training)")
-    cfg = _read(res / "config.json") or {}
-    ev = {s: _read(res / f"eval_{s}.json") for s in SETTINGS}
+    cfg = read_json(res / "config.json") or {}
+    ev = {s: read_json(res / f"eval_{s}.json") for s in SETTINGS}
     H = nll["data_H_cond_bits"]
     L = len(H)
     K = [int(k) for k in cfg.get("model", {}).get("K", [])] or None
@@ -113,5 +109,5 @@ def collect(results: str | Path, runs: Sequence[dict[str, Any]], tokenizers: dic
             out["missing"].append(r["name"])
             continue
         tok_dir = results / r["tok"]
-        out["runs"].append(run_record(res, r, tokenizers[r["tok"]], _read(tok_dir / "jpeg.json"), _read(tok_dir / "recon.json")))
+        out["runs"].append(run_record(res, r, tokenizers[r["tok"]], read_json(tok_dir / "jpeg.json"), read_json(tok_dir / "recon.json")))
     return out

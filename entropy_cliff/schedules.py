@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -144,8 +145,13 @@ class Schedule:
         return float(self.K.mean())
 
     def bpp(self, height: int = 256, width: int = 256) -> float:
-        """Bits per pixel of an H×W image: sum_t log2 K_t / (H W)."""
-        return float(self.bits.sum() / (height * width))
+        """Bits per pixel of an H×W image (:func:`bpp`)."""
+        return bpp(self.K, height, width)
+
+
+def bpp(K: Sequence[int] | np.ndarray, height: int, width: int) -> float:
+    """Bits per pixel of L fixed-length codes of sizes K_t for an H×W image: sum_t log2 K_t / (H W)."""
+    return float(np.log2(np.asarray(K, dtype=np.float64)).sum() / (height * width))
 
 
 #: The schedules of the paper's Table 2: (kind, K_max, power), with K_min = 2 and L = 256.

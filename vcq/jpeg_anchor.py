@@ -21,11 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from entropy_cliff.errors import EntropyCliffError
-
-
-def tokenizer_bpp(K: Sequence[int], height: int, width: int) -> float:
-    """Bits per pixel of L fixed-length codes: sum_t log2 K_t / (height · width)."""
-    return float(np.sum(np.log2(np.asarray(K, dtype=np.float64))) / (height * width))
+from entropy_cliff.schedules import bpp as code_bpp
 
 
 def _mosaic(images: np.ndarray, cols: int) -> np.ndarray:
@@ -70,7 +66,7 @@ def jpeg_at_bpp(images: np.ndarray, K: Sequence[int], cols: int = 16) -> dict:
     if images.ndim != 4 or images.dtype != np.uint8 or len(images) == 0:
         raise EntropyCliffError(f"images must be a non-empty (N, H, W, C) uint8 array, got {images.dtype} {images.shape}")
     n, h, w, _ = images.shape
-    target = tokenizer_bpp(K, h, w)
+    target = code_bpp(K, h, w)
     best = None
     for q in range(1, 96):
         dec, bpp = jpeg_roundtrip(images, q, cols)
