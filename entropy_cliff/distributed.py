@@ -380,7 +380,7 @@ def _run(client, corpus, blocks, K, P, cap, small_group, local_keys, engine, boo
     M._check_values(lo, hi, K)
     K_inferred = K is None
     if K_inferred:
-        K = M._inferred_codebook(hi, L)
+        K = M.inferred_codebook(hi, L)
         dense = M._dense_histograms(K)
         if dense:
             counts = _reduce(client, client.map(_scan_task, [corpus] * len(blocks), blocks, K=K, pure=False),

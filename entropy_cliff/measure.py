@@ -42,7 +42,7 @@ import numpy as np
 
 from entropy_cliff import estimators
 from entropy_cliff.errors import EntropyCliffError
-from entropy_cliff.theory import MAX_CODEBOOK
+from entropy_cliff.theory import MAX_CODEBOOK, t_star_sustained, t_star_threshold
 
 if TYPE_CHECKING:
     from entropy_cliff.population import PopulationEstimate
@@ -107,26 +107,6 @@ class Measurement:
     def t_star_sustained(self, epsilon: float = 0.5) -> int | None:
         """:func:`t_star_sustained` of this corpus's H_t."""
         return t_star_sustained(self.H_cond, epsilon)
-
-
-def t_star_threshold(H_cond, epsilon: float = 0.5) -> int | None:
-    """Smallest t (1-based) with ``H_t < epsilon`` in a list of H_t (bits); None if never reached."""
-    hit = np.flatnonzero(np.asarray(H_cond, dtype=np.float64) < epsilon)
-    return int(hit[0]) + 1 if hit.size else None
-
-
-def t_star_sustained(H_cond, epsilon: float = 0.5) -> int | None:
-    """Smallest t (1-based) with ``H_s < epsilon`` for every s >= t in a list of H_t (bits); None if
-    H_L >= epsilon.
-
-    Unlike :func:`t_star_threshold` it is not fooled by a low-entropy early position (a VCQ
-    schedule's K_1 = 2 carries at most 1 bit) before the cliff.
-    """
-    H = np.asarray(H_cond, dtype=np.float64)
-    above = np.flatnonzero(H >= epsilon)
-    if above.size == 0:
-        return 1
-    return int(above[-1]) + 2 if above[-1] + 1 < H.size else None
 
 
 # ----------------------------------------------------------------------------- numba kernels
@@ -661,7 +641,7 @@ def prefix_entropy(
     return H[1:], G[1:]
 
 
-def _extremes(parts: list[np.ndarray]) -> tuple[list[int], list[int]]:
+def column_extremes(parts: list[np.ndarray]) -> tuple[list[int], list[int]]:
     """Per-position minimum and maximum token over every part, as Python ints (NumPy reductions:
     one streaming read per extreme, no copy)."""
     lo = np.min([P.min(axis=0) for P in parts], axis=0).tolist()
@@ -718,7 +698,7 @@ def _histograms(parts: list[np.ndarray], K: np.ndarray, progress: bool) -> np.nd
 def _scan(parts: list[np.ndarray], K: np.ndarray | None, progress: bool):
     """Per-position min and max (as Python ints) and marginal counts (:func:`_histograms`, int64:
     they may be summed over blocks) when ``K`` is given."""
-    lo, hi = _extremes(parts)
+    lo, hi = column_extremes(parts)
     return lo, hi, (_histograms(parts, K, progress).astype(np.int64) if K is not None else None)
 
 
@@ -748,7 +728,7 @@ def _codebook_sizes(K, L: int) -> np.ndarray | None:
     return np.array(ks, dtype=np.int64)
 
 
-def _inferred_codebook(maxs: list[int], L: int) -> np.ndarray:
+def inferred_codebook(maxs: list[int], L: int) -> np.ndarray:
     """K_t = the global maximum token + 1 at every position."""
     top = max(maxs) + 1
     if top > MAX_CODEBOOK:
@@ -843,12 +823,12 @@ def measure(
         estimators.basic_interval(np.zeros(1), np.zeros((1, 1)), confidence)  # validates the level early
     K_inferred = K is None
     if K_inferred:
-        mins, maxs = _extremes(parts)
+        mins, maxs = column_extremes(parts)
         _check_values(mins, maxs, None)
-        K = _inferred_codebook(maxs, L)
+        K = inferred_codebook(maxs, L)
     dense = _dense_histograms(K)
     if not K_inferred and not dense:
-        _check_values(*_extremes(parts), K)
+        _check_values(*column_extremes(parts), K)
     # The histograms and the prefix kernel run at the same time (the kernels release the GIL). The
     # histograms count exactly the valid tokens: with fewer than N at some position, the value
     # check finds and reports the first invalid token.
@@ -857,7 +837,7 @@ def measure(
         S, G, _ = _prefix_sums(parts, None, small_group, show)
         counts = None if histograms is None else histograms.result()
     if counts is not None and not K_inferred and (np.add.reduceat(counts, _bin_offsets(K)) != N).any():
-        _check_values(*_extremes(parts), K)
+        _check_values(*column_extremes(parts), K)
     H_marginal = _marginal_entropy(parts, K, counts)
     m = measurement_from_sums(N, K, K_inferred, S, G, H_marginal)
     population = None

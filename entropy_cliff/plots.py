@@ -49,8 +49,8 @@ class EntropyCurve:
                        H_pop: np.ndarray | None = None) -> EntropyCurve:
         """The curve of a corpus of N rows from its H_t and K_t: R(t) = log2 N - C(t-1), log2 K_t, the
         theoretical t* (:func:`entropy_cliff.theory.t_star`) and the sustained and threshold t* at
-        ``epsilon`` (:func:`entropy_cliff.measure.t_star_sustained`, :func:`~entropy_cliff.measure.t_star_threshold`)."""
-        from entropy_cliff.measure import t_star_sustained, t_star_threshold
+        ``epsilon`` (:func:`entropy_cliff.theory.t_star_sustained`, :func:`~entropy_cliff.theory.t_star_threshold`)."""
+        from entropy_cliff.theory import t_star_sustained, t_star_threshold
 
         H, K = np.asarray(H_cond, dtype=np.float64), np.asarray(K, dtype=np.int64)
         return cls(label=label, H_cond=H, remaining=theory.remaining_budget(N, K), log2_K=np.log2(K.astype(float)),

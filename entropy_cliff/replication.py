@@ -19,8 +19,7 @@ import numpy as np
 
 from entropy_cliff.errors import EntropyCliffError
 from entropy_cliff.io import read_json
-from entropy_cliff.measure import t_star_sustained
-from entropy_cliff.theory import t_star
+from entropy_cliff.theory import t_star, t_star_sustained
 
 SETTINGS = ("nocfg", "cfg", "cfg_aware")
 

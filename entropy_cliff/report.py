@@ -261,6 +261,9 @@ def resolve_K(path: str | os.PathLike | None, shape: tuple[int, int], *,
     """
     N, L = shape
     if isinstance(schedule, Mapping):
+        if schedule.get("kind") is None and not schedule.get("schedule_file") and schedule.get("kmax") is not None:
+            raise EntropyCliffError(f"kmax = {schedule['kmax']} given without a schedule kind (constant, linear, "
+                                    "cosine, power) or a schedule file; for a uniform codebook give K")
         schedule = schedule_from_options(length=L, **schedule)
     if schedule is not None and K is not None:
         raise EntropyCliffError("give either a uniform codebook size K or a schedule, not both")
@@ -312,15 +315,6 @@ def _bytes(n: float) -> str:
     return f"{n:.3g} EiB"  # unreachable
 
 
-def largest_tokens(parts: list[np.ndarray], block_rows: int = 1 << 20) -> np.ndarray:
-    """The largest token at every position of a corpus (its parts), read in blocks of ``block_rows`` rows."""
-    top = np.zeros(parts[0].shape[1], dtype=np.int64)
-    for X in parts:
-        for r0 in range(0, X.shape[0], block_rows):
-            top = np.maximum(top, np.asarray(X[r0 : r0 + block_rows]).max(axis=0).astype(np.int64))
-    return top
-
-
 def first_rows(parts: list[np.ndarray], rows: int) -> list[np.ndarray]:
     """The first ``rows`` rows of a corpus given as parts (one array, or the shards of a sharded dump), as parts."""
     out = []
@@ -332,16 +326,18 @@ def first_rows(parts: list[np.ndarray], rows: int) -> list[np.ndarray]:
     return out
 
 
-def looks_variable(parts: list[np.ndarray], block_rows: int = 1 << 20) -> bool:
+def looks_variable(parts: list[np.ndarray]) -> bool:
     """Whether a corpus (its parts: one array, or the shards of a sharded dump) has a per-position largest
     token that clearly grows with t, as a VCQ schedule's does: the largest token + 1 over the first
     quarter of positions is at most half that of the last quarter."""
     L = parts[0].shape[1]
     if L < 4:
         return False
-    top = largest_tokens(parts, block_rows)
+    from entropy_cliff.measure import column_extremes
+
+    top = column_extremes(parts)[1]  # Python ints: no wrap-around for uint64 tokens
     q = -(-L // 4)
-    return 2 * (int(top[:q].max()) + 1) <= int(top[-q:].max()) + 1
+    return 2 * (max(top[:q]) + 1) <= max(top[-q:]) + 1
 
 
 def measure_corpus(source: str | os.PathLike | np.ndarray, *, schedule: Schedule | Mapping[str, Any] | None = None, K: int | None = None,
@@ -371,14 +367,20 @@ def measure_corpus(source: str | os.PathLike | np.ndarray, *, schedule: Schedule
     """
     if scheduler is not None and workers is not None:
         raise EntropyCliffError("give either a scheduler address or a number of local workers, not both")
-    if rows is not None and (scheduler is not None or workers is not None):
+    if rows is not None and (scheduler is not None or workers is not None):  # before reading anything
         raise EntropyCliffError(f"rows = {rows}: a subset of rows is measured by the local engine only, not by dask")
+    dask = scheduler is not None or workers is not None
     if isinstance(source, np.ndarray):
+        if dask:
+            raise EntropyCliffError("the dask engine measures .npy files or shard directories, not in-memory arrays")
         path, X, info = None, io.as_corpus(source, "array"), None
     else:
-        from entropy_cliff.formats import OUR_FORMATS, read_corpus
+        from entropy_cliff.formats import OUR_FORMATS, detect_format, read_corpus
 
         path = Path(source)
+        if dask and (fmt := detect_format(path, (read_opts or {}).get("input_format"))) not in ("npy", "shards"):
+            raise EntropyCliffError(f"{path}: the dask engine reads .npy files or shard directories, not {fmt} "
+                                    "(write one with entropy-cliff convert first)")
         corpus = read_corpus(path, key=key, progress=progress, **(read_opts or {}))
         X, info = corpus.tokens, corpus.info
     parts = X if isinstance(X, list) else [X]
@@ -389,15 +391,16 @@ def measure_corpus(source: str | os.PathLike | np.ndarray, *, schedule: Schedule
         if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or not 2 <= rows <= N:
             raise EntropyCliffError(f"rows = {rows!r}: must be an integer from 2 to the corpus's N = {N:,}")
         if Kt is None:  # inferred from every row, as the whole corpus's measurement would
-            Kt = np.full(L, int(largest_tokens(parts).max()) + 1, dtype=np.int64)
+            from entropy_cliff.measure import column_extremes, inferred_codebook
+
+            Kt = inferred_codebook(column_extremes(parts)[1], L)
             src = KSource("inferred", f"{src.detail}, over all {N:,} rows")
         parts = first_rows(parts, int(rows))
         X = parts if isinstance(X, list) else parts[0]
     check_bootstrap_fits(bootstrap, N if rows is None else int(rows), L)
-    if scheduler is not None or workers is not None:
+    if dask:
         from entropy_cliff.distributed import measure_distributed
-        if path is None:
-            raise EntropyCliffError("the dask engine measures .npy files or shard directories, not in-memory arrays")
+
         m = measure_distributed(path, Kt, scheduler=scheduler, workers=workers, bootstrap=bootstrap,
                                 confidence=confidence, seed=seed)
     else:

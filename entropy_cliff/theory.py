@@ -213,3 +213,25 @@ DATASETS: tuple[Dataset, ...] = (
     Dataset("LAION-400M", "Image-text", 400_000_000),
     Dataset("LAION-5B", "Image-text", 5_000_000_000),
 )
+
+
+# ----------------------------------------------------------------------------- empirical t*
+
+def t_star_threshold(H_cond, epsilon: float = 0.5) -> int | None:
+    """Smallest t (1-based) with ``H_t < epsilon`` in a list of H_t (bits); None if never reached."""
+    hit = np.flatnonzero(np.asarray(H_cond, dtype=np.float64) < epsilon)
+    return int(hit[0]) + 1 if hit.size else None
+
+
+def t_star_sustained(H_cond, epsilon: float = 0.5) -> int | None:
+    """Smallest t (1-based) with ``H_s < epsilon`` for every s >= t in a list of H_t (bits); None if
+    H_L >= epsilon.
+
+    Unlike :func:`t_star_threshold` it is not fooled by a low-entropy early position (a VCQ
+    schedule's K_1 = 2 carries at most 1 bit) before the cliff.
+    """
+    H = np.asarray(H_cond, dtype=np.float64)
+    above = np.flatnonzero(H >= epsilon)
+    if above.size == 0:
+        return 1
+    return int(above[-1]) + 2 if above[-1] + 1 < H.size else None

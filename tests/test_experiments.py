@@ -16,7 +16,7 @@ from entropy_cliff.frontier import best_for_target, frontier, member
 from entropy_cliff.io import save_tokens
 from entropy_cliff.language import dedupe, entropy_record, windows
 from entropy_cliff.paper_figures import OUTPUTS, Inputs, build
-from entropy_cliff.measure import t_star_sustained
+from entropy_cliff.theory import t_star_sustained
 from entropy_cliff.replication import collect, regime
 from entropy_cliff.schedules import Schedule
 

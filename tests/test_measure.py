@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from entropy_cliff import measure as M
+from entropy_cliff import theory
 from entropy_cliff.errors import EntropyCliffError
 
 DTYPES = [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint64]
@@ -342,11 +343,11 @@ def test_t_star_rules_on_a_bare_H_list(H, eps):
     L = len(H)
     threshold = next((t for t in range(1, L + 1) if H[t - 1] < eps), None)
     sustained = next((t for t in range(1, L + 1) if all(h < eps for h in H[t - 1:])), None)
-    assert M.t_star_threshold(H, eps) == threshold
-    assert M.t_star_sustained(H, eps) == sustained
+    assert theory.t_star_threshold(H, eps) == threshold
+    assert theory.t_star_sustained(H, eps) == sustained
 
 
 def test_t_star_rules_examples():
-    assert M.t_star_sustained([3, 0.1, 2, 0.4, 0.1]) == 4 and M.t_star_threshold([3, 0.1, 2, 0.4, 0.1]) == 2
-    assert M.t_star_sustained([0.1, 0.2]) == 1
-    assert M.t_star_sustained([1, 1]) is None and M.t_star_threshold([1, 1]) is None
+    assert theory.t_star_sustained([3, 0.1, 2, 0.4, 0.1]) == 4 and theory.t_star_threshold([3, 0.1, 2, 0.4, 0.1]) == 2
+    assert theory.t_star_sustained([0.1, 0.2]) == 1
+    assert theory.t_star_sustained([1, 1]) is None and theory.t_star_threshold([1, 1]) is None

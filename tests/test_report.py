@@ -163,3 +163,29 @@ def test_entropy_curve_from_a_bare_H_list_matches_the_report(cosine_dump):
     assert c.t_star_threshold is not None
     np.testing.assert_allclose(bare.remaining, rep.remaining_budget)
     np.testing.assert_allclose(bare.log2_K, np.log2(s.K))
+
+
+def test_kmax_without_a_schedule_kind_is_refused_not_ignored(tmp_path):
+    X = np.random.default_rng(0).integers(0, 8, (50, 4))
+    with pytest.raises(EntropyCliffError, match="kmax = 1024 given without a schedule kind"):
+        measure_corpus(X, schedule=dict(kind=None, kmin=2, kmax=1024, power=2.5, schedule_file=None))
+
+
+def test_dask_engine_refuses_other_formats_before_reading_them(tmp_path):
+    p = tmp_path / "t.jsonl"
+    p.write_text('{"class_id": 0, "tokens": [1, 2]}\n' * 4)
+    with pytest.raises(EntropyCliffError, match="dask engine reads .npy files or shard directories, not titok-jsonl"):
+        measure_corpus(p, workers=1, read_opts={"view": "all"})
+    with pytest.raises(EntropyCliffError, match="not in-memory arrays"):
+        measure_corpus(np.zeros((4, 2), np.uint8), workers=1)
+
+
+def test_rows_infers_K_like_the_whole_corpus_for_uint64_tokens():
+    X = np.zeros((6, 3), np.uint64)
+    X[5, 0] = 2**63  # beyond the 2^62 limit: refused with or without rows, never wrapped to a negative K
+    X[1, 1] = 1
+    for kw in ({}, {"rows": 3}):
+        with pytest.raises(EntropyCliffError, match="> 2\\^62 entries"):
+            measure_corpus(X, **kw)
+    X[5, 0] = 2**40
+    assert measure_corpus(X, rows=3).K.tolist() == [2**40 + 1] * 3
