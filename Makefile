@@ -29,7 +29,7 @@ bench: $(STAMP)
 figures: $(STAMP)
 	OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 $(PY) analysis/make_figures.py
 
-# CPU mini-replication (about an hour on 2 cores; a killed run continues where it stopped)
+# CPU mini-replication (about 1.5 h on a busy 2-core machine; a killed run continues where it stopped)
 replicate: $(STAMP)
 	$(PY) analysis/replicate.py --stage all
 	$(PY) analysis/language.py

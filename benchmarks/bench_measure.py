@@ -8,7 +8,7 @@ merge two prefixes; ours cannot.)
 Cases (data under ``bench_data/``, gitignored, written once and reused):
 
 (a) ImageNet-shaped dump: N = 1,280,000 × L = 256 int16, tokens uniform over 16384, prefixes
-    distinct by t = 3.
+    distinct by t = 4.
 (b) worst case, no early exit: 640,000 random rows each present twice (shuffled), so all 256
     positions must be processed.
 --big: N = 10,000,000 × 256 uint16 written to a memory-mapped .npy on disk (5.1 GB) and measured
