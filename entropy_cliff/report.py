@@ -379,7 +379,7 @@ def measure_corpus(source: str | os.PathLike | np.ndarray, *, schedule: Schedule
         from entropy_cliff.formats import OUR_FORMATS, read_corpus
 
         path = Path(source)
-        corpus = read_corpus(path, key=key, progress=progress, **(read_opts or {}))
+        corpus = read_corpus(path, key=key, progress=progress, labels=False, **(read_opts or {}))
         X, info = corpus.tokens, corpus.info
     parts = X if isinstance(X, list) else [X]
     N, L = sum(p.shape[0] for p in parts), parts[0].shape[1]
