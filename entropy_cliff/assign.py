@@ -20,12 +20,15 @@ spread, not its offset). FAISS returns the ``candidates`` smallest float32 dista
 (``D64`` the float64 brute-force distance). A row whose runner-up lies beyond ``D~_1 + 2B`` is
 decided; otherwise its candidates are re-ranked exactly in float64, unless even its last candidate
 lies within ``2B`` (ties among many codes, duplicated codes): then the row is brute-forced over
-all K_t codes in float64. This module never imports torch.
+all K_t codes in float64. :func:`assign_file` does it from files to a token dump. This module never
+imports torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -227,3 +230,41 @@ def brute_force_assign(features: np.ndarray, codebook: np.ndarray, K: Sequence[i
     for t in range(f.shape[1]):
         out[:, t] = _sq_dist64(f[:, t, None, :], e[None, : k[t], :]).argmin(1)
     return out
+
+
+def assign_file(features_path: str | os.PathLike, codebook_path: str | os.PathLike, out: str | os.PathLike, *,
+                schedule: Mapping[str, Any], use_gpu: bool | None = None, threads: int | None = None,
+                candidates: int = 4) -> dict[str, Any]:
+    """Assign the features in ``features_path`` ((N, L, d), .npy memory-mapped or .npz) to the nested
+    prefixes of the codebook in ``codebook_path`` ((K_max, d)) with :func:`nested_assign`, and write
+    the token dump ``out`` (``.npy`` + ``NAME.meta.json``, :func:`entropy_cliff.io.save_tokens`).
+
+    ``schedule``: the keyword arguments of :func:`entropy_cliff.schedules.schedule_from_options`
+    without ``length`` (``kind``, ``kmin``, ``kmax`` (None: the codebook's size), ``power``,
+    ``schedule_file``). ``out`` is probed before anything is read; a failure leaves no file behind.
+    Returns ``{"out", "N", "L", "schedule", "label", "K"}``.
+    """
+    from entropy_cliff.io import load_array, prepare_output, save_tokens
+    from entropy_cliff.schedules import schedule_from_options
+
+    out = Path(out)
+    if out.suffix != ".npy":
+        raise EntropyCliffError(f"{out}: token dumps are written as .npy")
+    prepare_output(out, "file", keep=False)
+    feats, cb = load_array(features_path), load_array(codebook_path)
+    if feats.ndim != 3 or cb.ndim != 2:
+        raise EntropyCliffError(f"expected features (N, L, d) and codebook (K_max, d), got {feats.shape} and {cb.shape}")
+    opts = dict(schedule)
+    if opts.get("kmax") is None:
+        opts["kmax"] = cb.shape[0]
+    sched = schedule_from_options(length=feats.shape[1], **opts)
+    if sched is None:
+        raise EntropyCliffError("no schedule: give a schedule kind (with kmax, default: the codebook size) "
+                                "or a schedule_file")
+    if sched.kmax > cb.shape[0]:
+        raise EntropyCliffError(f"K_max = {sched.kmax} exceeds the codebook's {cb.shape[0]} entries")
+    tokens = nested_assign(feats, cb, sched.K, use_gpu=use_gpu, threads=threads, candidates=candidates)
+    save_tokens(out, tokens, sched.K, sched.to_dict(),
+                source={"features": str(features_path), "codebook": str(codebook_path)})
+    return {"out": str(out), "N": int(tokens.shape[0]), "L": int(tokens.shape[1]), "schedule": sched.to_dict(),
+            "label": sched.label, "K": [int(k) for k in sched.K]}

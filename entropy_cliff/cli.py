@@ -481,22 +481,12 @@ def assign(features, codebook, kind, kmin, kmax, power, schedule_file, out, use_
     \b
     entropy-cliff assign features.npy codebook.npy --schedule cosine --kmin 2 --kmax 1024 -o tokens.npy
     """
-    from entropy_cliff.assign import nested_assign
-    from entropy_cliff.io import load_array, save_tokens
+    from entropy_cliff.assign import assign_file
 
-    feats, cb = load_array(features), load_array(codebook)
-    if feats.ndim != 3 or cb.ndim != 2:
-        raise EntropyCliffError(f"expected features (N, L, d) and codebook (K_max, d), got {feats.shape} and {cb.shape}")
-    sched = schedule_from_options(kind, kmin, kmax if kmax is not None else cb.shape[0], feats.shape[1], power, schedule_file)
-    if sched is None:
-        raise EntropyCliffError("give --schedule KIND (with --kmax, default: the codebook size) or --schedule-file")
-    if sched.kmax > cb.shape[0]:
-        raise EntropyCliffError(f"K_max = {sched.kmax} exceeds the codebook's {cb.shape[0]} entries")
-    tokens = nested_assign(feats, cb, sched.K, use_gpu=use_gpu, threads=threads)
-    save_tokens(out, tokens, sched.K, sched.to_dict(), source={"features": str(features), "codebook": str(codebook)})
-    info = {"out": str(out), "N": tokens.shape[0], "L": tokens.shape[1], "schedule": sched.to_dict(), "K": sched.K}
-    _emit(fmt, info, [{"t": t + 1, "K": int(k)} for t, k in enumerate(sched.K)],
-          f"wrote {out} ({tokens.shape[0]:,} x {tokens.shape[1]} tokens, {sched.label}) and its sidecar")
+    info = assign_file(features, codebook, out, use_gpu=use_gpu, threads=threads,
+                       schedule=dict(kind=kind, kmin=kmin, kmax=kmax, power=power, schedule_file=schedule_file))
+    _emit(fmt, info, [{"t": t + 1, "K": k} for t, k in enumerate(info["K"])],
+          f"wrote {out} ({info['N']:,} x {info['L']} tokens, {info['label']}) and its sidecar")
 
 
 # ---------------------------------------------------------------------------- convert

@@ -44,6 +44,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from entropy_cliff.errors import EntropyCliffError
+from entropy_cliff.io import LABELS_SUFFIX, smallest_uint_dtype
 
 #: Input formats; this module imports little at load time (the CLI reads this tuple for its options).
 FORMATS = ("npy", "npz", "shards", "llamagen", "titok-jsonl", "parquet")
@@ -143,7 +144,8 @@ def _check_values(block: np.ndarray, where: Callable[[int], str]) -> int:
 
 
 def _width(max_value: int) -> np.dtype:
-    return next(dt for dt in _WIDTHS if max_value <= np.iinfo(dt).max)
+    """The narrowest of :data:`_WIDTHS` (uint16 and wider) holding ``0..max_value``."""
+    return smallest_uint_dtype(max(max_value, 256))
 
 
 # ---------------------------------------------------------------------------- detection
@@ -302,11 +304,15 @@ def _padding(per_image: np.ndarray, world_size: int | None, where: str) -> int |
 
 
 def read_llamagen(path: str | os.PathLike, *, view: str | int = "original", world_size: int | None = None,
-                  threads: int | None = None, progress: bool | None = None) -> Corpus:
-    """Read a LlamaGen codes folder (``{i}.npy`` of shape ``(1, A, L)``) and its labels, in parallel."""
+                  threads: int | None = None, progress: bool | None = None, labels: bool = True) -> Corpus:
+    """Read a LlamaGen codes folder (``{i}.npy`` of shape ``(1, A, L)``) and its labels, in parallel.
+
+    ``labels = False`` opens no label file (``info["labels"]`` says whether the labels folder exists).
+    """
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     codes, labels_dir = _llamagen_dirs(Path(path))
+    has_labels = labels_dir is not None
     T = _numbered_files(codes)
     lay = _layout(codes / "0.npy")
     if len(lay.shape) != 3 or lay.shape[0] != 1 or 0 in lay.shape:
@@ -315,7 +321,7 @@ def read_llamagen(path: str | os.PathLike, *, view: str | int = "original", worl
     vi = _view_index(view, A, str(codes))
     per = A if vi is None else 1
     lab_lay = None
-    if labels_dir is not None:
+    if has_labels and labels:
         if _numbered_files(labels_dir) != T:
             raise EntropyCliffError(f"{labels_dir}: {_numbered_files(labels_dir)} label files for {T} code files")
         lab_lay = _layout(labels_dir / "0.npy")
@@ -324,15 +330,15 @@ def read_llamagen(path: str | os.PathLike, *, view: str | int = "original", worl
                                     f"got shape {lab_lay.shape} {lab_lay.dtype}")
     threads = threads or DEFAULT_THREADS
     prefix, lab_prefix = str(codes) + os.sep, str(labels_dir) + os.sep
-    labels = np.empty(T, dtype=np.int64) if lab_lay is not None else None
+    y = np.empty(T, dtype=np.int64) if lab_lay is not None else None
 
     def task(lo: int, hi: int, out: np.ndarray) -> int:
         block = _read_same_layout(prefix, lo, hi, lay)[:, 0]  # (n, A, L)
         top = _check_values(block, lambda k: f"{prefix}{lo + k}.npy")
         if top <= np.iinfo(out.dtype).max:
             out[lo * per:hi * per] = (block if vi is None else block[:, vi]).reshape(-1, L)
-        if labels is not None:
-            labels[lo:hi] = _read_same_layout(lab_prefix, lo, hi, lab_lay).reshape(hi - lo)
+        if y is not None:
+            y[lo:hi] = _read_same_layout(lab_prefix, lo, hi, lab_lay).reshape(hi - lo)
         return top
 
     for dtype in _WIDTHS:  # uint16 first; re-read wider only if a token does not fit
@@ -356,8 +362,8 @@ def read_llamagen(path: str | os.PathLike, *, view: str | int = "original", worl
     padded = _padding(out.reshape(T, -1), world_size, str(codes))
     info = {"format": "llamagen", "path": str(codes), **_view_info(view, vi, A), "files": T, "images": T,
             "rows": T * per, "padded_rows": None if padded is None else padded * per, "world_size": world_size,
-            "labels": labels is not None, "threads": threads}
-    return Corpus(out, None if labels is None else np.repeat(labels, per), info)
+            "labels": has_labels, "threads": threads}
+    return Corpus(out, None if y is None else np.repeat(y, per), info)
 
 
 # ---------------------------------------------------------------------------- TiTok / RAR JSONL
@@ -625,46 +631,98 @@ def read_parquet(path: str | os.PathLike, *, column: str | None = None, view: st
 
 # ---------------------------------------------------------------------------- dispatch and convert
 
+def _label_count(lp: Path) -> int:
+    """The number of labels in ``lp`` from its .npy header (no data read); they must be 1-D."""
+    shape = _npy_shape(lp)[0]
+    if len(shape) != 1:
+        raise EntropyCliffError(f"{lp}: labels must be 1-D (one per row), got shape {shape}")
+    return shape[0]
+
+
+def _shard_labels(path: str | os.PathLike, read: bool) -> tuple[np.ndarray | None, bool]:
+    """``(labels or None, whether every non-empty shard has them)`` of a sharded dump: each shard's
+    ``NAME.labels.npy`` must hold as many labels as the shard has rows."""
+    from entropy_cliff.io import load_array
+    from entropy_cliff.shards import shard_paths
+
+    own = [(p, p.with_name(p.stem + LABELS_SUFFIX), n) for p in shard_paths(path) if (n := _npy_shape(p)[0][0]) > 0]
+    have = [lp.exists() for _, lp, _ in own]
+    if any(have) and not all(have):
+        raise EntropyCliffError(f"{own[have.index(False)][1]}: missing (other shards have labels)")
+    if not all(have):
+        return None, False
+    for p, lp, n in own:
+        if (m := _label_count(lp)) != n:
+            raise EntropyCliffError(f"{lp}: {m:,} labels, but its shard {p.name} has {n:,} rows")
+    return (np.concatenate([load_array(lp) for _, lp, _ in own]) if read else None), True
+
+
+def _npy_labels(path: str | os.PathLike, N: int, read: bool) -> tuple[np.ndarray | None, bool, str | None]:
+    """``(labels or None, whether there are labels, why labels were ignored or None)`` of a .npy dump.
+
+    ``NAME.labels.npy`` must hold N labels. The old shared ``DIR/labels.npy`` (see
+    :func:`entropy_cliff.io.labels_path`) may belong to another dump: with another length it is
+    refused when the labels are read, ignored (and the reason returned) when they are not.
+    """
+    from entropy_cliff.io import labels_path, load_array
+
+    p, lp = Path(path), labels_path(path)
+    if not lp.exists() or lp == p:
+        return None, False, None
+    m = _label_count(lp)
+    if m != N:
+        msg = f"{lp}: {m:,} labels for the {N:,} rows of {p.name}"
+        if lp.name == p.stem + LABELS_SUFFIX:
+            raise EntropyCliffError(msg)
+        msg += f" (the shared labels.npy of another dump? this dump's own would be {p.stem + LABELS_SUFFIX})"
+        if read:
+            raise EntropyCliffError(msg)
+        return None, False, msg
+    return (np.asarray(load_array(lp)) if read else None), True, None
+
+
 def read_corpus(path: str | os.PathLike, input_format: str | None = None, *, view: str | int = "original",
                 column: str | None = None, ten_crop: bool = False, batch_size: int | None = None,
                 world_size: int | None = None, threads: int | None = None, key: str | None = None,
-                progress: bool | None = None) -> Corpus:
+                progress: bool | None = None, labels: bool = True) -> Corpus:
     """Read any supported token input (see :data:`FORMATS`) as an ``(N, L)`` :class:`Corpus`.
 
     ``.npy`` is memory-mapped as is (with ``NAME.labels.npy`` when present); view options apply to
-    formats that store several views per image.
+    formats that store several views per image. Labels must count one per row (a shard's
+    ``NAME.labels.npy`` its shard's rows). ``labels = False`` leaves ``Corpus.labels`` None and reads
+    no label data (LlamaGen: opens no label file); ``info["labels"]`` still says whether there are
+    labels, and a legacy ``DIR/labels.npy`` of the wrong length is then ignored with the reason in
+    ``info["labels_ignored"]`` instead of refused.
     """
-    from entropy_cliff.io import labels_path, load_array, load_tokens
+    from entropy_cliff.io import load_tokens
 
     fmt = detect_format(path, input_format)
     view = parse_view(view)
     if fmt == "llamagen":
-        return read_llamagen(path, view=view, world_size=world_size, threads=threads, progress=progress)
-    if fmt == "titok-jsonl":
-        return read_titok_jsonl(path, view=view, ten_crop=ten_crop, batch_size=batch_size,
-                                world_size=world_size, progress=progress)
-    if fmt == "parquet":
-        return read_parquet(path, column=column, view=view, progress=progress)
+        return read_llamagen(path, view=view, world_size=world_size, threads=threads, progress=progress, labels=labels)
+    if fmt in ("titok-jsonl", "parquet"):  # labels come with the tokens in one parse
+        c = (read_titok_jsonl(path, view=view, ten_crop=ten_crop, batch_size=batch_size, world_size=world_size,
+                              progress=progress) if fmt == "titok-jsonl" else
+             read_parquet(path, column=column, view=view, progress=progress))
+        return c if labels else c._replace(labels=None)
     if view not in ("original", "all", 0):
         raise EntropyCliffError(f"{path}: a {fmt} dump has one view per row; view {view!r} does not exist")
+    ignored = None
     if fmt == "shards":  # a list of memory-mapped shards, never concatenated here
-        from entropy_cliff.shards import load_shards, shard_paths
+        from entropy_cliff.shards import load_shards
 
         X = load_shards(path)
-        lps = [labels_path(p) for p in shard_paths(path) if np.load(p, mmap_mode="r").shape[0] > 0]
-        have = [lp.exists() for lp in lps]
-        if any(have) and not all(have):
-            raise EntropyCliffError(f"{lps[have.index(False)]}: missing (other shards have labels)")
-        labels = np.concatenate([load_array(lp) for lp in lps]) if all(have) else None
+        y, has = _shard_labels(path, labels)
         rows = sum(x.shape[0] for x in X)
     else:
         X = load_tokens(path, key)
-        lp = labels_path(path)
-        labels = np.asarray(load_array(lp)) if fmt == "npy" and lp.exists() else None
         rows = X.shape[0]
+        y, has, ignored = _npy_labels(path, rows, labels) if fmt == "npy" else (None, False, None)
     info = {"format": fmt, "path": str(path), **_view_info(view, 0, 1), "images": rows, "rows": rows,
-            "padded_rows": None, "labels": labels is not None}
-    return Corpus(X, labels, info)
+            "padded_rows": None, "labels": has}
+    if ignored is not None:
+        info["labels_ignored"] = ignored
+    return Corpus(X, y, info)
 
 
 def describe(info: dict[str, Any]) -> str:
@@ -688,9 +746,10 @@ def convert(path: str | os.PathLike, out: str | os.PathLike, *, schedule: Any = 
     K_t as for ``measure`` (:func:`entropy_cliff.report.resolve_K`): ``schedule`` or uniform ``K``,
     else the input's own sidecar (our dumps), else the largest token + 1 at every position
     (``K_source`` inferred). The sidecar's ``source`` holds the reader's info (format, view, rows,
-    padded rows, ...) and where K_t came from.
+    padded rows, ...) and where K_t came from. ``out`` is probed (:func:`entropy_cliff.io.prepare_output`)
+    before the input is read; a failure leaves no file behind.
     """
-    from entropy_cliff.io import save_tokens
+    from entropy_cliff.io import prepare_output, save_tokens
     from entropy_cliff.report import resolve_K
     from entropy_cliff.schedules import Schedule
 
@@ -698,6 +757,7 @@ def convert(path: str | os.PathLike, out: str | os.PathLike, *, schedule: Any = 
         raise EntropyCliffError(f"{out}: the output would overwrite the input")
     if Path(out).suffix != ".npy":
         raise EntropyCliffError(f"{out}: token dumps are written as .npy")
+    prepare_output(out, "file", keep=False)
     corpus = read_corpus(path, **read_options)
     tokens = np.concatenate(corpus.tokens) if isinstance(corpus.tokens, list) else corpus.tokens
     N, L = tokens.shape

@@ -43,11 +43,7 @@ def sidecar_path(tokens_path: str | os.PathLike) -> Path:
     p = Path(tokens_path)
     if p.is_dir():
         return p / SHARDS_META
-    return p.with_name(p.name[: -len(p.suffix)] + SIDECAR_SUFFIX if p.suffix else p.name + SIDECAR_SUFFIX)
-
-
-def _stem(p: Path) -> str:
-    return p.name[: -len(p.suffix)] if p.suffix else p.name
+    return p.with_name(p.stem + SIDECAR_SUFFIX)
 
 
 def labels_path(tokens_path: str | os.PathLike) -> Path:
@@ -57,7 +53,7 @@ def labels_path(tokens_path: str | os.PathLike) -> Path:
     labels followed their dump); otherwise returns the new name, existing or not.
     """
     p = Path(tokens_path)
-    new = p.with_name(_stem(p) + LABELS_SUFFIX)
+    new = p.with_name(p.stem + LABELS_SUFFIX)
     old = p.with_name("labels.npy")
     return old if not new.exists() and old.exists() else new
 
@@ -306,7 +302,8 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+    """``obj`` as :func:`json_text` (NaN/inf as null, so the file stays valid JSON), written atomically."""
+    write_text_atomic(path, json_text(obj) + "\n")
 
 
 def save_npy_atomic(path: str | os.PathLike, arr: np.ndarray) -> None:
@@ -324,7 +321,9 @@ def save_tokens(
 ) -> Path:
     """Write a token dump: ``NAME.npy`` (smallest unsigned dtype), ``NAME.meta.json``, ``NAME.labels.npy``.
 
-    ``K`` is the per-position codebook size; every token at position t must be < K_t.
+    ``K`` is the per-position codebook size; every token at position t must be < K_t; ``labels``
+    (optional) are N non-negative integers. Everything is checked before anything is written, and
+    the files appear together or not at all.
     """
     tokens = np.asarray(tokens)
     K = [int(k) for k in K]
@@ -335,14 +334,22 @@ def save_tokens(
     p = Path(path)
     if p.suffix != ".npy":
         raise EntropyCliffError(f"{p}: token dumps are written as .npy")
-    save_npy_atomic(p, tokens.astype(smallest_uint_dtype(max(K) - 1)))
-    meta = {"N": int(tokens.shape[0]), "L": int(tokens.shape[1]), "schedule": schedule, "K": K,
-            "source": source or {}}
-    write_json_atomic(sidecar_path(p), meta)
+    files = {p: tokens.astype(smallest_uint_dtype(max(K) - 1))}
     if labels is not None:
         labels = np.asarray(labels)
         if labels.shape != (tokens.shape[0],):
             raise EntropyCliffError(f"labels of shape {labels.shape} do not match N = {tokens.shape[0]}")
-        save_npy_atomic(p.with_name(_stem(p) + LABELS_SUFFIX), labels.astype(smallest_uint_dtype(int(labels.max(initial=0)))))
+        if labels.dtype.kind not in "iub" or (labels.size and labels.min() < 0):
+            raise EntropyCliffError(f"labels must be non-negative integers, got {labels.dtype}"
+                                    + (f" with minimum {labels.min()}" if labels.dtype.kind in "iu" else ""))
+        files[p.with_name(p.stem + LABELS_SUFFIX)] = labels.astype(smallest_uint_dtype(int(labels.max(initial=0))))
+    meta = {"N": int(tokens.shape[0]), "L": int(tokens.shape[1]), "schedule": schedule, "K": K,
+            "source": source or {}}
+    with atomic_paths(*files, sidecar_path(p)) as temps:
+        for tmp, arr in zip(temps, files.values()):
+            with open(tmp, "wb") as f:
+                np.save(f, arr)
+        temps[-1].write_text(json_text(meta) + "\n")
+    if labels is None:  # a previous dump's labels would no longer match
+        p.with_name(p.stem + LABELS_SUFFIX).unlink(missing_ok=True)
     return p
-

@@ -381,7 +381,7 @@ def measure_corpus(source: str | os.PathLike | np.ndarray, *, schedule: Schedule
         if dask and (fmt := detect_format(path, (read_opts or {}).get("input_format"))) not in ("npy", "shards"):
             raise EntropyCliffError(f"{path}: the dask engine reads .npy files or shard directories, not {fmt} "
                                     "(write one with entropy-cliff convert first)")
-        corpus = read_corpus(path, key=key, progress=progress, **(read_opts or {}))
+        corpus = read_corpus(path, key=key, progress=progress, labels=False, **(read_opts or {}))
         X, info = corpus.tokens, corpus.info
     parts = X if isinstance(X, list) else [X]
     N, L = sum(p.shape[0] for p in parts), parts[0].shape[1]

@@ -183,3 +183,32 @@ def test_assign_module_does_not_import_torch():
 
     code = "import sys, entropy_cliff.assign as a; a.nested_assign; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_assign_file_writes_the_dump_and_probes_first(tmp_path, monkeypatch):
+    import entropy_cliff.assign as assign_mod
+    from entropy_cliff.assign import assign_file
+    from entropy_cliff.io import read_sidecar
+
+    rng = np.random.default_rng(4)
+    feats, code = rng.standard_normal((30, 6, 3)), rng.standard_normal((16, 3))
+    np.save(tmp_path / "f.npy", feats)
+    np.save(tmp_path / "c.npy", code)
+    sched = {"kind": "cosine", "kmin": 2, "kmax": None, "power": 2.5, "schedule_file": None}
+    info = assign_file(tmp_path / "f.npy", tmp_path / "c.npy", tmp_path / "o" / "t.npy", schedule=sched, threads=1)
+    K = Schedule("cosine", 2, 16, 6).K  # kmax None: the codebook's size
+    assert info == {"out": str(tmp_path / "o" / "t.npy"), "N": 30, "L": 6, "schedule": Schedule("cosine", 2, 16, 6).to_dict(),
+                    "label": "cosine K=2..16", "K": K.tolist()}
+    np.testing.assert_array_equal(np.load(tmp_path / "o" / "t.npy"), brute_force_assign(feats, code, K))
+    assert read_sidecar(tmp_path / "o" / "t.npy", (30, 6))["source"] == {"features": str(tmp_path / "f.npy"),
+                                                                         "codebook": str(tmp_path / "c.npy")}
+    # an unwritable output fails before any array is read or assigned
+    monkeypatch.setattr(assign_mod, "nested_assign", lambda *a, **k: pytest.fail("assigned before the probe"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(EntropyCliffError, match="file/t.npy: cannot write here"):
+        assign_file(tmp_path / "missing.npy", tmp_path / "c.npy", tmp_path / "file" / "t.npy", schedule=sched)
+    with pytest.raises(EntropyCliffError, match="token dumps are written as .npy"):
+        assign_file(tmp_path / "f.npy", tmp_path / "c.npy", tmp_path / "t.txt", schedule=sched)
+    with pytest.raises(EntropyCliffError, match="no schedule"):
+        assign_file(tmp_path / "f.npy", tmp_path / "c.npy", tmp_path / "u" / "t.npy", schedule={**sched, "kind": None})
+    assert not (tmp_path / "u").exists()

@@ -194,6 +194,18 @@ def test_assign_writes_a_dump_that_measure_reads(capsys, tmp_path):
     assert code_ == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "bad.npy").exists()
 
 
+def test_assign_unwritable_out_is_one_line_before_work(capsys, tmp_path, monkeypatch):
+    import entropy_cliff.io as io
+
+    loaded = []
+    monkeypatch.setattr(io, "load_array", lambda *a, **k: loaded.append(a))
+    (tmp_path / "file").write_text("x")
+    code_, out, err = run(capsys, "assign", tmp_path / "f.npy", tmp_path / "c.npy", "--schedule", "cosine",
+                          "-o", tmp_path / "file" / "tok.npy")
+    assert code_ == 2 and out == "" and loaded == []  # refused before the inputs are even opened
+    assert err.strip().splitlines() == [f"entropy-cliff: error: {tmp_path / 'file' / 'tok.npy'}: cannot write here (File exists)"]
+
+
 def test_unwritable_out_is_one_line(capsys, dump, tmp_path):
     path, _, _ = dump
     blocker = tmp_path / "file"

@@ -335,3 +335,73 @@ def test_llamagen_float_files(tmp_path):
     np.save(codes / "1.npy", np.full((1, 2, L), 0.5))
     with pytest.raises(EntropyCliffError, match=r"1\.npy: tokens must be integers, found 0\.5"):
         read_corpus(codes)
+
+
+# ---------------------------------------------------------------------------- labels against rows
+
+def test_shard_labels_must_count_their_shards_rows(capsys, tmp_path):
+    sh = tmp_path / "sh"
+    sh.mkdir()
+    for i, n_labels in enumerate((10, 7)):
+        np.save(sh / f"shard-{i:05d}.npy", np.arange(20).reshape(10, 2) % 5)
+        np.save(sh / f"shard-{i:05d}.labels.npy", np.zeros(n_labels, np.int64))
+    with pytest.raises(EntropyCliffError) as e:
+        read_corpus(sh)
+    assert str(e.value) == f"{sh / 'shard-00001.labels.npy'}: 7 labels, but its shard shard-00001.npy has 10 rows"
+    code, out, err = run(capsys, "convert", sh, "-o", tmp_path / "out" / "x.npy")
+    assert code == 2 and out == "" and err.strip().splitlines() == [f"entropy-cliff: error: {e.value}"]
+    assert not (tmp_path / "out").exists()  # no dump, no sidecar, no folder
+    np.save(sh / "shard-00001.labels.npy", np.arange(10))
+    assert read_corpus(sh).labels.tolist() == [0] * 10 + list(range(10))
+    c = read_corpus(sh, labels=False)
+    assert c.labels is None and c.info["labels"]
+
+
+def test_legacy_shared_labels_of_another_length(capsys, tmp_path):
+    X = np.arange(20).reshape(10, 2) % 3
+    np.save(tmp_path / "d.npy", X)
+    np.save(tmp_path / "labels.npy", np.arange(7))  # another dump's labels, under the old shared name
+    with pytest.raises(EntropyCliffError, match=r"labels.npy: 7 labels for the 10 rows of d.npy \(the shared"):
+        read_corpus(tmp_path / "d.npy")
+    c = read_corpus(tmp_path / "d.npy", labels=False)  # measure: labels are informational, ignored with the reason
+    assert c.labels is None and not c.info["labels"] and "7 labels for the 10 rows" in c.info["labels_ignored"]
+    d, _ = measured(capsys, tmp_path / "d.npy")
+    assert d["input"]["labels"] is False and "labels.npy: 7 labels" in d["input"]["labels_ignored"]
+    code, _, err = run(capsys, "convert", tmp_path / "d.npy", "-o", tmp_path / "o" / "x.npy")
+    assert code == 2 and "7 labels for the 10 rows" in err and not (tmp_path / "o").exists()
+    np.save(tmp_path / "labels.npy", np.arange(10))  # the right length: still read (older dumps)
+    assert read_corpus(tmp_path / "d.npy").labels.tolist() == list(range(10))
+    np.save(tmp_path / "d.labels.npy", np.arange(9))  # the dump's own labels of the wrong length: refused
+    with pytest.raises(EntropyCliffError, match="d.labels.npy: 9 labels for the 10 rows of d.npy$"):
+        read_corpus(tmp_path / "d.npy", labels=False)
+
+
+def test_measure_opens_no_llamagen_label_file(tmp_path, monkeypatch):
+    import builtins
+    import os
+
+    from entropy_cliff.report import measure_corpus
+
+    images, labels = make_images(12, 2)
+    codes = write_llamagen(tmp_path, images, labels, world=2)
+    opened = []
+    real_open, real_os_open = builtins.open, os.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: (opened.append(str(f)), real_open(f, *a, **k))[1])
+    monkeypatch.setattr(os, "open", lambda f, *a, **k: (opened.append(str(f)), real_os_open(f, *a, **k))[1])
+    rep = measure_corpus(codes, progress=False)
+    assert any(f.startswith(str(codes)) for f in opened)  # the counter sees the code files
+    assert not any("_labels" in f for f in opened) and rep.extra["input"]["labels"] is True
+    c = read_corpus(codes)  # labels=True reads them
+    assert any("_labels" in f for f in opened) and c.labels.shape == (12,)
+
+
+def test_convert_probes_its_output_before_reading(capsys, tmp_path, monkeypatch):
+    import entropy_cliff.formats as formats
+
+    called = []
+    monkeypatch.setattr(formats, "read_corpus", lambda *a, **k: called.append(1))
+    np.save(tmp_path / "d.npy", np.zeros((4, 2), np.int64))
+    (tmp_path / "file").write_text("x")
+    code, out, err = run(capsys, "convert", tmp_path / "d.npy", "-o", tmp_path / "file" / "x.npy")
+    assert code == 2 and out == "" and called == []
+    assert err.strip().splitlines() == [f"entropy-cliff: error: {tmp_path / 'file' / 'x.npy'}: cannot write here (File exists)"]

@@ -96,6 +96,35 @@ def test_save_tokens_round_trip(tmp_path):
     assert not (tmp_path / "bad.npy").exists()
 
 
+@pytest.mark.parametrize(("labels", "msg"), [
+    (np.arange(7), r"labels of shape \(7,\) do not match N = 10"),
+    (np.array([0, 1, -1, 2, 0, 1, 2, 0, 1, 2]), "non-negative integers, got int64 with minimum -1"),
+    (np.linspace(0, 1, 10), "non-negative integers, got float64"),
+])
+def test_save_tokens_bad_labels_write_nothing(tmp_path, labels, msg):
+    with pytest.raises(EntropyCliffError, match=msg):
+        io.save_tokens(tmp_path / "x.npy", np.zeros((10, 2), np.int64), [2, 2], {"kind": "custom"}, labels=labels)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_tokens_without_labels_removes_stale_ones(tmp_path):
+    X = np.zeros((4, 2), np.int64)
+    io.save_tokens(tmp_path / "d.npy", X, [2, 2], {"kind": "custom"}, labels=np.arange(4))
+    io.save_tokens(tmp_path / "d.npy", X[:3], [2, 2], {"kind": "custom"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.meta.json", "d.npy"]
+
+
+def test_sidecar_path_and_labels_path_use_the_stem(tmp_path):
+    for name, stem in (("a.npy", "a"), ("a.b.npy", "a.b"), ("noext", "noext"), (".hidden", ".hidden")):
+        assert io.sidecar_path(tmp_path / name) == tmp_path / f"{stem}.meta.json"
+        assert io.labels_path(tmp_path / name) == tmp_path / f"{stem}.labels.npy"
+
+
+def test_write_json_atomic_writes_valid_json_for_nan(tmp_path):
+    io.write_json_atomic(tmp_path / "r.json", {"h": float("nan"), "x": np.float32(1.5), "v": np.arange(2)})
+    assert json.loads((tmp_path / "r.json").read_text(), parse_constant=pytest.fail) == {"h": None, "x": 1.5, "v": [0, 1]}
+
+
 def test_smallest_uint_dtype():
     assert io.smallest_uint_dtype(255) == np.uint8
     assert io.smallest_uint_dtype(256) == np.uint16
