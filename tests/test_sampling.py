@@ -300,3 +300,27 @@ def test_sample_run_in_batches_resumes_and_equals_one_batch(ar_run, tmp_path, mo
     np.testing.assert_array_equal(np.load(tmp_path / "b/tokens.npy"), one.tokens)
     np.testing.assert_array_equal(res.labels, one.labels)
     assert not (tmp_path / "b/partial").exists()
+
+
+def test_weights_that_do_not_fit_the_config_are_one_line_exit_2(ar_run, tmp_path):
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from vcq.cli import main
+
+    bad = tmp_path / "bad"
+    shutil.copytree(ar_run, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["model"]["dim"] = 32  # every tensor's shape now differs from the saved weights
+    (bad / "config.json").write_text(json.dumps(cfg))
+    r = CliRunner().invoke(main, ["sample", "--ckpt", str(bad), "--n", "2", "--out", str(tmp_path / "s"), "--quiet"])
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 2 and len(lines) == 1 and "Traceback" not in r.output, r.output
+    assert lines[0].startswith(f"vcq: error: {bad / 'model.safetensors'}: weights do not match config.json (size mismatch")
+    (bad / "model.safetensors").unlink()
+    with pytest.raises(EntropyCliffError, match="model.safetensors: no such weights file"):
+        from vcq.train_ar import load_ar
+
+        load_ar(bad)

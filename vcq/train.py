@@ -448,6 +448,34 @@ def save_weights(path: Path, model: nn.Module, step: int) -> None:
         save_file(state, str(tmp), metadata={"step": str(step)})
 
 
+def load_weights(model: nn.Module, run_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """``model`` with the weights of ``run_dir/model.safetensors`` (written by :func:`save_weights`),
+    in eval mode on ``device``.
+
+    A missing or unreadable file, a tensor whose shape differs from the model's, and missing or
+    unexpected tensors are each one :class:`EntropyCliffError` naming the file.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    w = Path(run_dir) / WEIGHTS_FILE
+    if not w.is_file():
+        raise EntropyCliffError(f"{w}: no such weights file (has the run saved a checkpoint yet?)")
+    try:
+        state = load_file(str(w))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise EntropyCliffError(f"{w}: corrupt weights file ({str(e).splitlines()[0]})") from None
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches; their lines follow torch's header line
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        raise EntropyCliffError(f"{w}: weights do not match config.json ({lines[min(1, len(lines) - 1)]})") from None
+    if missing or unexpected:
+        raise EntropyCliffError(f"{w}: weights do not match config.json "
+                                f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
+    return model.to(device).eval()
+
+
 def train(
     task: Task,
     data: TrainData,
