@@ -324,3 +324,24 @@ def test_weights_that_do_not_fit_the_config_are_one_line_exit_2(ar_run, tmp_path
         from vcq.train_ar import load_ar
 
         load_ar(bad)
+
+
+def test_ctrl_c_in_the_first_batch_leaves_nothing_that_blocks_a_plain_rerun(ar_run, tmp_path, monkeypatch):
+    from vcq import sampling
+
+    cfg = SamplingConfig(scale=2.0)
+    real = sampling.sample
+
+    def interrupt(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sampling, "sample", interrupt)
+    with pytest.raises(KeyboardInterrupt, match="starting at sample 0; nothing was kept"):
+        sampling.sample_run(ar_run, tmp_path / "c", n=6, cfg=cfg, seed=1, batch_size=3)
+    assert not (tmp_path / "c/partial").exists()
+    monkeypatch.setattr(sampling, "sample", real)
+    (tmp_path / "c/partial").mkdir()  # a request killed before its first batch was saved (no Ctrl-C handler ran)
+    (tmp_path / "c/partial/request.json").write_text("{}")
+    res = sampling.sample_run(ar_run, tmp_path / "c", n=6, cfg=cfg, seed=1, batch_size=3)
+    np.testing.assert_array_equal(res.tokens, sampling.sample_run(ar_run, tmp_path / "d", n=6, cfg=cfg, seed=1).tokens)
+    assert not (tmp_path / "c/partial").exists()
