@@ -612,6 +612,10 @@ def train(
                 bar.update(1)
                 logging, saving = step % cfg.log_every == 0 or step == end, step % cfg.ckpt_every == 0 or step == end
                 if logging or saving:  # the only host synchronisations of the loop
+                    if info.world > 1:  # every rank stops together, none waits in a collective for one that raised
+                        flag = nonfinite.to(torch.int32)
+                        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                        nonfinite = flag.bool()
                     if bool(nonfinite):
                         raise EntropyCliffError(f"loss became non-finite between steps {checked + 1} and {step}; "
                                                 "lower the learning rate")
