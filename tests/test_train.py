@@ -386,7 +386,7 @@ def _nonfinite_worker(rank, world, port, out):
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
-    vcq.train.DIST_TIMEOUT_S = 30  # a rank left waiting fails the test in seconds, not hours
+    vcq.train.DIST_TIMEOUT_S = 120  # a rank left waiting fails the test in minutes, not hours
     torch.set_num_threads(1)
     cfg = TrainConfig(steps=6, batch_size=4, lr=0.05, warmup_steps=1, ckpt_every=3, log_every=3)
     try:
