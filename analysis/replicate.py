@@ -169,7 +169,7 @@ def eval_jobs(lay: Layout) -> list[Job]:
             from vcq.jpeg_anchor import jpeg_at_bpp, tokenizer_val_crops
 
             K = read_sidecar(lay.dump(t, "train"))["K"]
-            images = tokenizer_val_crops(lay.tok(t), 500)
+            images = tokenizer_val_crops(lay.tok(t), N_SAMPLES, 0)  # the images of the recon job (--n-recon, --seed 0)
             write_json_atomic(lay.results / t / "jpeg.json", jpeg_at_bpp(images, K))
 
         jobs.append(Job(f"jpeg:{t}", jpeg, lay.done(f"jpeg:{t}")))

@@ -335,3 +335,35 @@ def test_torch_fidelity_metrics_equal_ours_with_the_same_weights(tmp_path):
     theirs = generation_metrics(TorchFidelityInception(tmp_path / "pt.pth"), real, fake)
     assert theirs["FID"] == pytest.approx(ours["FID"], rel=1e-3) and theirs["IS"] == pytest.approx(ours["IS"], rel=1e-4)
     assert abs(theirs["precision"] - ours["precision"]) <= 1 / 9 and abs(theirs["recall"] - ours["recall"]) <= 1 / 12
+
+
+def test_the_jpeg_anchor_compresses_the_images_evaluate_reconstructs(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from entropy_cliff.io import write_json_atomic
+    from vcq import evaluate
+    from vcq.data import DataSpec
+    from vcq.jpeg_anchor import tokenizer_val_crops
+    from vcq.presets import TokenizerConfig, TrainConfig
+    from vcq.tokenizer import Tokenizer1D
+    from vcq.train import save_weights
+    from vcq.train_tokenizer import run_config
+
+    model = TokenizerConfig(image_size=8, patch_size=4, num_latent=6, enc_width=16, enc_depth=1, enc_heads=2,
+                            dec_width=16, dec_depth=1, dec_heads=2, code_dim=4, kmax=32)
+    run = tmp_path / "tok"
+    run.mkdir()
+    write_json_atomic(run / "config.json", run_config(model, TrainConfig(), DataSpec("shapes", n=200), "test"))
+    save_weights(run / "model.safetensors", Tokenizer1D(model), 0)  # untrained: only the images matter here
+    seen = []
+    monkeypatch.setattr(evaluate, "inception_extractor",
+                        lambda path, dev: SimpleNamespace(dim=4, fid_name="FID", name="stub"))
+    monkeypatch.setattr(evaluate, "reconstruction_metrics", lambda tok, images, ext: seen.append(images) or {})
+    evaluate.evaluate_run(None, None, run, inception_path=tmp_path / "none", n_recon=7, seed=3)
+    crops = tokenizer_val_crops(run, 7, 3)
+    assert crops.shape == (7, 8, 8, 3)
+    np.testing.assert_array_equal(crops, seen[0])
+    val = DataSpec("shapes", n=200).load("val", model, augment=False)  # 20 images: a seeded subset, not the first 7
+    np.testing.assert_array_equal(crops, val.images(np.sort(np.random.default_rng(3).permutation(len(val))[:7])))
+    assert not np.array_equal(crops, val.images(np.arange(7)))
+    assert len(tokenizer_val_crops(run, 1000, 0)) == len(val)  # n beyond the split: all of it

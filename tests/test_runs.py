@@ -132,3 +132,26 @@ def test_plot_metrics_draws_the_training_and_validation_curves(tmp_path):
     assert img.size[0] > 3 * img.size[1]  # three panels side by side: loss, bits_per_token, lr
     r = CliRunner().invoke(main, ["plot-metrics", str(tmp_path)])
     assert r.exit_code == 2 and "no metrics.jsonl" in r.output
+
+
+def test_train_ar_on_a_sharded_dump_uses_the_shards_labels(tmp_path):
+    from entropy_cliff.io import write_json_atomic
+
+    tok, labels = make_dump(tmp_path / "flat.npy", n=64)
+    tokens = np.load(tok)
+    d = tmp_path / "sharded"
+    d.mkdir()
+    for i, rows in enumerate((slice(0, 40), slice(40, 64))):
+        np.save(d / f"shard-{i:05d}.npy", tokens[rows].astype(np.uint8))
+        np.save(d / f"shard-{i:05d}.labels.npy", labels[rows])
+    write_json_atomic(d / "meta.json", {"N": 64, "L": len(K), "K": K,
+                                        "schedule": {"kind": "custom", "kmin": 2, "kmax": 8, "power": None}})
+    cfg = resolve_config("ar", overrides=SMALL_AR, data={"tokens": str(d) + "/"})
+    assert cfg["data"].get("labels") is None and cfg["model"]["num_classes"] == 3  # the shards' own labels
+    r = CliRunner().invoke(main, ["train-ar", "--tokens", str(d) + "/", "--dim", "16", "--depth", "1", "--heads", "2",
+                                  "--steps", "2", "--batch-size", "8", "--out", str(tmp_path / "run"), "--quiet",
+                                  "--format", "json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["step"] == 2
+    run = load_run(tmp_path / "run")
+    assert run.step == 2 and run.data.labels is None and run.model.cfg.num_classes == 3

@@ -300,3 +300,48 @@ def test_sample_run_in_batches_resumes_and_equals_one_batch(ar_run, tmp_path, mo
     np.testing.assert_array_equal(np.load(tmp_path / "b/tokens.npy"), one.tokens)
     np.testing.assert_array_equal(res.labels, one.labels)
     assert not (tmp_path / "b/partial").exists()
+
+
+def test_weights_that_do_not_fit_the_config_are_one_line_exit_2(ar_run, tmp_path):
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from vcq.cli import main
+
+    bad = tmp_path / "bad"
+    shutil.copytree(ar_run, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["model"]["dim"] = 32  # every tensor's shape now differs from the saved weights
+    (bad / "config.json").write_text(json.dumps(cfg))
+    r = CliRunner().invoke(main, ["sample", "--ckpt", str(bad), "--n", "2", "--out", str(tmp_path / "s"), "--quiet"])
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 2 and len(lines) == 1 and "Traceback" not in r.output, r.output
+    assert lines[0].startswith(f"vcq: error: {bad / 'model.safetensors'}: weights do not match config.json (size mismatch")
+    (bad / "model.safetensors").unlink()
+    with pytest.raises(EntropyCliffError, match="model.safetensors: no such weights file"):
+        from vcq.train_ar import load_ar
+
+        load_ar(bad)
+
+
+def test_ctrl_c_in_the_first_batch_leaves_nothing_that_blocks_a_plain_rerun(ar_run, tmp_path, monkeypatch):
+    from vcq import sampling
+
+    cfg = SamplingConfig(scale=2.0)
+    real = sampling.sample
+
+    def interrupt(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sampling, "sample", interrupt)
+    with pytest.raises(KeyboardInterrupt, match="starting at sample 0; nothing was kept"):
+        sampling.sample_run(ar_run, tmp_path / "c", n=6, cfg=cfg, seed=1, batch_size=3)
+    assert not (tmp_path / "c/partial").exists()
+    monkeypatch.setattr(sampling, "sample", real)
+    (tmp_path / "c/partial").mkdir()  # a request killed before its first batch was saved (no Ctrl-C handler ran)
+    (tmp_path / "c/partial/request.json").write_text("{}")
+    res = sampling.sample_run(ar_run, tmp_path / "c", n=6, cfg=cfg, seed=1, batch_size=3)
+    np.testing.assert_array_equal(res.tokens, sampling.sample_run(ar_run, tmp_path / "d", n=6, cfg=cfg, seed=1).tokens)
+    assert not (tmp_path / "c/partial").exists()

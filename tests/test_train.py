@@ -370,6 +370,45 @@ def test_a_non_finite_loss_stops_training_before_a_checkpoint(tmp_path):
     assert not (tmp_path / "n" / "train_state.pt").exists()
 
 
+class RankBlowup(LinearTask):
+    """A non-finite loss on rank 1 only, in the last step before the check at step 3 (earlier, the
+    averaged NaN gradients would make rank 0's next loss non-finite too)."""
+
+    def step(self, models, batch, step):
+        loss, m = super().step(models, batch, step)
+        return (loss * float("nan") if step == 2 and os.environ["RANK"] == "1" else loss), m
+
+
+def _nonfinite_worker(rank, world, port, out):
+    import torch.distributed as dist
+
+    import vcq.train
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    vcq.train.DIST_TIMEOUT_S = 120  # a rank left waiting fails the test in minutes, not hours
+    torch.set_num_threads(1)
+    cfg = TrainConfig(steps=6, batch_size=4, lr=0.05, warmup_steps=1, ckpt_every=3, log_every=3)
+    try:
+        train(RankBlowup(), ArrayData(), cfg, out / "n", config={}, quiet=True)
+    except EntropyCliffError as e:
+        (out / f"error{rank}.txt").write_text(str(e))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_nonfinite_worker, args=(2, port, tmp_path), nprocs=2, join=True)
+    for r in range(2):
+        assert (tmp_path / f"error{r}.txt").read_text().startswith("loss became non-finite between steps 1 and 3")
+    assert not (tmp_path / "n" / "train_state.pt").exists()
+
+
 def test_runs_saved_before_the_new_train_fields_still_resume(tmp_path):
     from vcq.train import check_run_dir
     from vcq.presets import to_dict

@@ -31,6 +31,13 @@ def metrics_backend(extractor: FeatureExtractor) -> str:
     return FIDELITY if isinstance(extractor, TorchFidelityInception) else OURS
 
 
+def reconstruction_images(dataset, n: int, seed: int) -> np.ndarray:
+    """The images whose reconstruction :func:`evaluate_run` measures (and the JPEG anchor compresses):
+    rows ``sort(permutation_seed(len(dataset))[:n])`` of ``dataset`` (a :class:`vcq.data.ImageSet`),
+    drawn with ``numpy.random.default_rng(seed)``; all of them when ``n >= len(dataset)``."""
+    return dataset.images(np.sort(np.random.default_rng(seed).permutation(len(dataset))[:n]))
+
+
 def reconstruction_metrics(tokenizer, images: np.ndarray, extractor: FeatureExtractor | None = None) -> dict[str, float]:
     """PSNR (:func:`vcq.metrics.mean_psnr`) of encode -> decode, and rFID (or rdFID) when an
     extractor is given."""
@@ -127,8 +134,7 @@ def evaluate_run(samples_dir: str | Path | None, ar_dir: str | Path | None, toke
                                                         ds["val"].label_array(), cache_dir, progress, dev)
             out["features"] = dict(extractor.info)
         out["feature_extractor"], out["metrics_backend"] = extractor.name, metrics_backend(extractor)
-        rng = np.random.default_rng(seed)
-        val = ds["val"].images(np.sort(rng.permutation(len(ds["val"]))[:n_recon]))
+        val = reconstruction_images(ds["val"], n_recon, seed)
         out["reconstruction"] = reconstruction_metrics(tok, val, extractor)
         warn = small_sample_warning(extractor, len(val))
         if warn:

@@ -9,7 +9,8 @@ the crops are tiled into one mosaic of ``cols`` columns and compressed together;
 mosaic's file size over its pixels (header included, amortized). With 4:2:0 chroma subsampling a
 JPEG block covers at most 16×16 pixels, so crops whose side is a multiple of 16 never share a DCT
 block: each crop is coded on its own, only the entropy-coder state and the header are shared.
-PSNR is :func:`vcq.evaluate.psnr` averaged over the crops.
+PSNR is :func:`vcq.metrics.mean_psnr` over the crops: the validation images ``vcq evaluate``
+reconstructs (:func:`tokenizer_val_crops`), so the two PSNRs are of the same images.
 """
 
 from __future__ import annotations
@@ -80,12 +81,14 @@ def jpeg_at_bpp(images: np.ndarray, K: Sequence[int], cols: int = 16) -> dict:
             "within_budget": bool(bpp <= target), "images": int(n)}
 
 
-def tokenizer_val_crops(run_dir: str | Path, n: int) -> np.ndarray:
-    """The first ``n`` validation images of a tokenizer run (the images ``vcq evaluate`` reconstructs)."""
-    from vcq.presets import TokenizerConfig, from_dict
+def tokenizer_val_crops(run_dir: str | Path, n: int, seed: int) -> np.ndarray:
+    """The validation images of a tokenizer run that ``vcq evaluate --n-recon n --seed seed``
+    reconstructs (:func:`vcq.evaluate.reconstruction_images`)."""
     from vcq.data import DataSpec
+    from vcq.evaluate import reconstruction_images
+    from vcq.presets import TokenizerConfig, from_dict
     from vcq.train import read_config
 
     cfg = read_config(run_dir)
-    val = DataSpec(**cfg["data"]).load("val", from_dict(TokenizerConfig, cfg["model"]), augment=False)
-    return val.images(np.arange(min(n, len(val))))
+    val = from_dict(DataSpec, cfg["data"]).load("val", from_dict(TokenizerConfig, cfg["model"]), augment=False)
+    return reconstruction_images(val, n, seed)

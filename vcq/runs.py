@@ -110,9 +110,9 @@ def _resolve_ar(preset: str | None, given: dict[str, dict[str, Any]], data: dict
     if "tokens" not in data:
         raise EntropyCliffError("an AR run needs data.tokens (a token dump NAME.npy)")
     data = {"val_fraction": VAL_FRACTION, **data}
-    data.setdefault("labels", str(labels_path(data["tokens"])))
-    if data.get("val_tokens"):
-        data.setdefault("val_labels", str(labels_path(data["val_tokens"])))
+    for tok, lab in (("tokens", "labels"), ("val_tokens", "val_labels")):  # a shard directory finds its own
+        if data.get(tok) and not Path(data[tok]).is_dir():
+            data.setdefault(lab, str(labels_path(data[tok])))
     spec = from_dict(TokenDataSpec, data)
     p = lookup(AR_PRESETS, preset or "tiny", "AR preset")
     model_given = dict(given.get("model", {}))

@@ -240,10 +240,10 @@ PARTIAL_DIR, REQUEST_FILE = "partial", "request.json"
 def _resume_rows(partial: Path, request: dict[str, Any], resume: bool, out: Path) -> list[np.ndarray]:
     """The batches an interrupted request left in ``partial`` (``rows-<first>.npy``, contiguous
     from row 0), after checking that ``request`` is the same; refuses to start over them unless
-    ``resume``, and to resume without them."""
+    ``resume``, and to resume without a request."""
     req = partial / REQUEST_FILE
-    if not resume:
-        if req.exists():
+    if not resume:  # a request that kept no rows (killed in its first batch) is as good as none
+        if req.exists() and any(partial.glob("rows-*.npy")):
             raise EntropyCliffError(f"{out}: holds an unfinished sampling request (resume it, or choose a new output directory)")
         return []
     if not req.is_file():
@@ -325,6 +325,8 @@ def sample_run(ckpt: str | Path, out: str | Path, *, n: int = 16, classes: list[
                 rows = sample(model, labels[first:first + bs], cfg, seed=seed, use_cache=use_cache, ratio=ratio,
                               progress=progress and not batched, first=first, bf16=bf16).cpu().numpy()
             except KeyboardInterrupt:
+                if not first:
+                    shutil.rmtree(partial)
                 kept = (f"{first} of {n} samples are kept in {partial}; --resume continues" if first else
                         "nothing was kept")
                 raise KeyboardInterrupt(f"sampling stopped in the batch starting at sample {first}; {kept}") from None

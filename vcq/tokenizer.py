@@ -30,7 +30,7 @@ from vcq.data import DataSpec, ImageSet
 from vcq.images import to_tensor, to_uint8
 from vcq.presets import TokenizerConfig, from_dict, override, to_dict
 from vcq.quantizer import QuantizerOutput, VariableCodebookQuantizer
-from vcq.train import WEIGHTS_FILE, read_config
+from vcq.train import WEIGHTS_FILE, load_weights, read_config
 
 
 class Attention(nn.Module):
@@ -183,29 +183,13 @@ def load_tokenizer(run_dir: str | Path, device: str | torch.device = "cpu") -> T
     Raises :class:`EntropyCliffError` for a missing or corrupt checkpoint, or one that is not a
     tokenizer run.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     run = Path(run_dir)
-    w_path = run / WEIGHTS_FILE
-    if not run.is_dir() or not w_path.is_file():
+    if not run.is_dir() or not (run / WEIGHTS_FILE).is_file():
         raise EntropyCliffError(f"{run}: not a tokenizer checkpoint (missing {WEIGHTS_FILE})")
     config = read_config(run)
     if config.get("task") != "tokenizer" or "model" not in config:
         raise EntropyCliffError(f"{run}: not a tokenizer run (config.json task = {config.get('task')!r})")
-    model = Tokenizer1D(from_dict(TokenizerConfig, config["model"]))
-    try:
-        state = load_file(str(w_path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise EntropyCliffError(f"{w_path}: corrupt weights file ({str(e).splitlines()[0]})") from None
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:
-        raise EntropyCliffError(f"{w_path}: weights do not match config.json ({str(e).splitlines()[1].strip()})") from None
-    if missing or unexpected:
-        raise EntropyCliffError(f"{w_path}: weights do not match config.json "
-                                f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
-    return model.to(device).eval()
+    return load_weights(Tokenizer1D(from_dict(TokenizerConfig, config["model"])), run, device)
 
 
 def tokenize_images(model: Tokenizer1D, images: ImageSet, batch_size: int = 256,

@@ -448,6 +448,34 @@ def save_weights(path: Path, model: nn.Module, step: int) -> None:
         save_file(state, str(tmp), metadata={"step": str(step)})
 
 
+def load_weights(model: nn.Module, run_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """``model`` with the weights of ``run_dir/model.safetensors`` (written by :func:`save_weights`),
+    in eval mode on ``device``.
+
+    A missing or unreadable file, a tensor whose shape differs from the model's, and missing or
+    unexpected tensors are each one :class:`EntropyCliffError` naming the file.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    w = Path(run_dir) / WEIGHTS_FILE
+    if not w.is_file():
+        raise EntropyCliffError(f"{w}: no such weights file (has the run saved a checkpoint yet?)")
+    try:
+        state = load_file(str(w))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise EntropyCliffError(f"{w}: corrupt weights file ({str(e).splitlines()[0]})") from None
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches; their lines follow torch's header line
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        raise EntropyCliffError(f"{w}: weights do not match config.json ({lines[min(1, len(lines) - 1)]})") from None
+    if missing or unexpected:
+        raise EntropyCliffError(f"{w}: weights do not match config.json "
+                                f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
+    return model.to(device).eval()
+
+
 def train(
     task: Task,
     data: TrainData,
@@ -584,6 +612,10 @@ def train(
                 bar.update(1)
                 logging, saving = step % cfg.log_every == 0 or step == end, step % cfg.ckpt_every == 0 or step == end
                 if logging or saving:  # the only host synchronisations of the loop
+                    if info.world > 1:  # every rank stops together, none waits in a collective for one that raised
+                        flag = nonfinite.to(torch.int32)
+                        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                        nonfinite = flag.bool()
                     if bool(nonfinite):
                         raise EntropyCliffError(f"loss became non-finite between steps {checked + 1} and {step}; "
                                                 "lower the learning rate")

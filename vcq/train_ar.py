@@ -29,7 +29,7 @@ from entropy_cliff.io import labels_path, read_sidecar, write_json_atomic
 from vcq.ar import ARTransformer, next_token_loss
 from vcq.data import VAL_FRACTION
 from vcq.presets import ARConfig, TrainConfig, from_dict, to_dict
-from vcq.train import MAIN, WEIGHTS_FILE, Task, TrainResult, is_main_process, read_config, train
+from vcq.train import MAIN, Task, TrainResult, is_main_process, load_weights, read_config, train
 
 NLL_FILE = "nll.json"
 
@@ -282,20 +282,4 @@ def train_ar(config: dict[str, Any], out_dir: str | Path, *, resume: bool = Fals
 
 def load_ar(run_dir: str | Path, device: str | torch.device = "cpu") -> ARTransformer:
     """Rebuild a trained AR model from a run directory (``config.json`` + ``model.safetensors``)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    run = Path(run_dir)
-    model = ARTransformer(model_config(read_config(run)))
-    w = run / WEIGHTS_FILE
-    if not w.is_file():
-        raise EntropyCliffError(f"{run}: no {WEIGHTS_FILE} (has the run saved a checkpoint yet?)")
-    try:
-        state = load_file(str(w))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise EntropyCliffError(f"{w}: corrupt weights file ({str(e).splitlines()[0]})") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise EntropyCliffError(f"{w}: weights do not match config.json "
-                                f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
-    return model.to(device).eval()
+    return load_weights(ARTransformer(model_config(read_config(run_dir))), run_dir, device)

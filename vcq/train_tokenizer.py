@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,8 @@ from vcq.losses import PACKAGE, PatchDiscriminator, hinge_d_loss, hinge_g_loss, 
 from vcq.metrics import mean_psnr, mean_psnr_tensor
 from vcq.presets import TokenizerConfig, TrainConfig, from_dict, to_dict
 from vcq.tokenizer import Tokenizer1D
-from vcq.train import MAIN, Task, TrainResult, check_run_dir, check_train_config, frozen, seed_everything, train
+from vcq.train import (MAIN, Task, TrainResult, check_run_dir, check_train_config, frozen, is_main_process,
+                       seed_everything, train)
 
 VAL_IMAGES = 64
 LPIPS_KEY = "lpips_implementation"  # a config.json entry a resume may change (vcq.train.RESUME_FREE)
@@ -133,10 +133,10 @@ def train_tokenizer(config: dict[str, Any], out_dir: str | Path, *, resume: bool
     if model_cfg.w_lpips > 0 and model_cfg.lpips_path:
         lpips = load_lpips(model_cfg.lpips_path)
         config = {**config, LPIPS_KEY: lpips.implementation}
-        if int(os.environ.get("RANK", "0")) == 0:
+        if is_main_process():
             say(f"perceptual loss: LPIPS from {model_cfg.lpips_path} via {lpips.implementation}"
                 + ("" if lpips.implementation == PACKAGE else f" ({lpips_status()[1]})"))
-    elif model_cfg.w_lpips > 0 and int(os.environ.get("RANK", "0")) == 0:
+    elif model_cfg.w_lpips > 0 and is_main_process():
         say("perceptual (LPIPS) loss off: no --lpips-path given")
     return train(TokenizerTask(model, disc, lpips, val_images), train_set, train_cfg, out_dir, config=config, resume=resume,
                  stop_at=stop_at, quiet=quiet, device=device, log=log, preview_data=preview)
