@@ -394,7 +394,8 @@ def _nonfinite_worker(rank, world, port, out):
     except EntropyCliffError as e:
         (out / f"error{rank}.txt").write_text(str(e))
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():  # train() may have left the group already
+            dist.destroy_process_group()
 
 
 def test_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
