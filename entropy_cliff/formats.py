@@ -36,7 +36,6 @@ import io
 import json
 import os
 import re
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -100,29 +99,12 @@ def _view_info(view: str | int, index: int | None, views: int) -> dict[str, Any]
             "independent_rows": index is not None or views == 1}
 
 
-class _Progress:
-    """tqdm on a terminal, a plain line every 10 % off it, nothing when disabled or the input is small."""
+def _progress(total: int, desc: str, unit: str, progress: bool | None):
+    """:class:`entropy_cliff.progress.Progress`, shown when asked, or by default for large inputs."""
+    from entropy_cliff.progress import Progress
 
-    def __init__(self, total: int, desc: str, unit: str, progress: bool | None):
-        self.total, self.desc, self.unit, self.done, self.next_line = total, desc, unit, 0, total / 10
-        show = progress if progress is not None else total >= PROGRESS_MIN_UNITS
-        self.bar = None
-        self.plain = show and not sys.stderr.isatty()
-        if show and not self.plain:
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False)
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-        elif self.plain and (self.done >= self.next_line or self.done == self.total):
-            print(f"{self.desc}: {self.done:,}/{self.total:,} {self.unit}", file=sys.stderr, flush=True)
-            self.next_line = self.done + self.total / 10
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+    show = progress if progress is not None else total >= PROGRESS_MIN_UNITS
+    return Progress(total, desc=desc, unit=unit, quiet=not show)
 
 
 def _check_values(block: np.ndarray, where: Callable[[int], str]) -> int:
@@ -343,7 +325,7 @@ def read_llamagen(path: str | os.PathLike, *, view: str | int = "original", worl
 
     for dtype in _WIDTHS:  # uint16 first; re-read wider only if a token does not fit
         out = np.empty((T * per, L), dtype=dtype)
-        bar = _Progress(T, f"reading {codes.name}", "files", progress)
+        bar = _progress(T, f"reading {codes.name}", "files", progress)
         top = 0
         with ThreadPoolExecutor(max_workers=threads) as ex:
             futures = {ex.submit(task, lo, min(lo + _FILES_PER_TASK, T), out): min(_FILES_PER_TASK, T - lo)
@@ -486,7 +468,7 @@ def read_titok_jsonl(path: str | os.PathLike, *, view: str | int = "original", t
     L = None
     has_labels = None
     line0 = 0
-    bar = _Progress(T, f"reading {p.name}", "lines", progress)
+    bar = _progress(T, f"reading {p.name}", "lines", progress)
     try:
         with open(p, "rb") as f:
             for start, end, n in chunks:
@@ -588,7 +570,7 @@ def read_parquet(path: str | os.PathLike, *, column: str | None = None, view: st
             raise EntropyCliffError(f"{where}: no rows")
         out = labels = None
         L = None
-        bar = _Progress(N, f"reading {p.name}", "rows", progress)
+        bar = _progress(N, f"reading {p.name}", "rows", progress)
         try:
             for r0 in range(0, N, _PARQUET_CHUNK_ROWS):
                 df = scan.slice(r0, _PARQUET_CHUNK_ROWS).collect()

@@ -545,11 +545,12 @@ def _want_progress(progress: bool | None, size: int) -> bool:
 
 
 def _bar(enabled: bool, total: int, desc: str, unit: str):
+    """A :class:`entropy_cliff.progress.Progress` when enabled, else None."""
     if not enabled:
         return None
-    from tqdm import tqdm
+    from entropy_cliff.progress import Progress
 
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False)
+    return Progress(total, desc=desc, unit=unit)
 
 
 def _prefix_sums(parts: list[np.ndarray], weights: np.ndarray | None, small_group: int, progress: bool):
@@ -594,7 +595,7 @@ def _prefix_sums(parts: list[np.ndarray], weights: np.ndarray | None, small_grou
             break
         rows, w, seg, S_act[j + 1], G_act[j + 1] = _refine(F, geo, j, rows, w, seg, small_group, S_diff, G_diff)
         if bar is not None:
-            bar.set_postfix(active=rows.size, refresh=False)
+            bar.postfix(active=rows.size)
             bar.update(1)
     if bar is not None:
         bar.close()

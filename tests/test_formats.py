@@ -321,7 +321,7 @@ def test_plain_progress_lines_off_a_terminal(tmp_path, capsys):
     write_llamagen(tmp_path, images, labels, 1)
     read_corpus(tmp_path, progress=True)
     lines = capsys.readouterr().err.strip().splitlines()
-    assert lines[-1] == "reading imagenet256_codes: 20/20 files" and len(lines) <= 11
+    assert lines[-1].startswith("reading imagenet256_codes: files 20/20 (100%)") and len(lines) <= 11
     read_corpus(tmp_path, progress=False)
     assert capsys.readouterr().err == ""
 

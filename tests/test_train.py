@@ -182,7 +182,7 @@ def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_
 def test_progress_prints_plain_lines_off_a_terminal_and_nothing_when_quiet(tmp_path, capsys):
     import io
 
-    from vcq.progress import Progress
+    from entropy_cliff.progress import Progress
 
     buf = io.StringIO()  # not a tty: plain lines
     with Progress(10, desc="train", unit="step", stream=buf, every_s=0.0) as bar:

@@ -222,7 +222,7 @@ def fit_classifier(net: SmallCNN, images: np.ndarray, labels: np.ndarray, spec: 
                    progress: bool = False) -> None:
     """Adam with a cosine learning-rate decay, random horizontal flips, cross-entropy (on the
     device of ``net``)."""
-    from vcq.progress import Progress
+    from entropy_cliff.progress import Progress
 
     torch.manual_seed(spec.seed)
     rng = np.random.default_rng(spec.seed)

@@ -179,7 +179,7 @@ def sample(model: ARTransformer, labels: torch.Tensor | np.ndarray, cfg: Samplin
     """
     import contextlib
 
-    from vcq.progress import Progress
+    from entropy_cliff.progress import Progress
     from vcq.resources import check_memory, sampling_bytes
 
     model.eval()
@@ -284,7 +284,7 @@ def sample_run(ckpt: str | Path, out: str | Path, *, n: int = 16, classes: list[
 
     from entropy_cliff.io import prepare_output, save_npy_atomic, save_tokens, write_json_atomic
     from vcq.images import image_grid, save_png
-    from vcq.progress import Progress
+    from entropy_cliff.progress import Progress
     from vcq.resources import check_memory, sampling_bytes
     from vcq.runs import load_run, weights_step
     from vcq.train import resolve_device

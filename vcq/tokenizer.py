@@ -197,7 +197,7 @@ def tokenize_images(model: Tokenizer1D, images: ImageSet, batch_size: int = 256,
                     rows: range | None = None) -> np.ndarray:
     """Tokens (n, L) int64 of the images ``rows`` (default: all) of ``images``, in order; position
     t < K_t."""
-    from vcq.progress import Progress
+    from entropy_cliff.progress import Progress
 
     rows = range(len(images)) if rows is None else rows
     out = [np.zeros((0, model.cfg.num_latent), np.int64)]

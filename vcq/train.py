@@ -498,7 +498,7 @@ def train(
     batch (as from ``data.batch``) for the PNG previews. Returns the final step and metrics.
     """
     from entropy_cliff.io import prepare_output
-    from vcq.progress import Progress
+    from entropy_cliff.progress import Progress
     from vcq.resources import check_memory, training_bytes
 
     check_train_config(cfg)

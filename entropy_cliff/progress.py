@@ -1,4 +1,4 @@
-"""Progress of long loops (training steps, sampled tokens, tokenized batches).
+"""Progress of long loops (reading dumps, measuring, training steps, sampled tokens, tokenized batches).
 
 On a terminal (stderr is a tty) a tqdm bar; elsewhere (SLURM, nohup, a pipe) plain lines such as
 ``train: step 120/500 (24%), 3.1 step/s, eta 2m03s, loss 0.1234`` at most every ``every_s``
