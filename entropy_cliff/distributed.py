@@ -327,8 +327,6 @@ def measure_distributed(
     local engine does from the same ``seed``: a replicate's row weights depend only on the seed, the
     replicate and the global row index, and the sums over prefix groups add over keys and partitions.
     """
-    if bootstrap < 0:
-        raise EntropyCliffError(f"bootstrap must be >= 0, got {bootstrap}")
     POP.check_arguments(confidence, POP.MAX_SINGLETON_MASS, bootstrap)
     corpus = _corpus(source)
     N, L = corpus.starts[-1], corpus.L

@@ -290,6 +290,15 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def format_bytes(n: float) -> str:
+    """A size for people: ``46.6 TiB``, ``512 B`` (three significant digits, binary units up to PiB)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024:
+            return f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} PiB"
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """The JSON value in ``path``, or None when there is no such file."""
     p = Path(path)

@@ -818,10 +818,10 @@ def measure(
     N, L = sum(P.shape[0] for P in parts), parts[0].shape[1]
     show = _want_progress(progress, N * L)
     K = _codebook_sizes(K, L)
-    if bootstrap < 0:
-        raise EntropyCliffError(f"bootstrap must be >= 0, got {bootstrap}")
-    if bootstrap:
-        estimators.basic_interval(np.zeros(1), np.zeros((1, 1)), confidence)  # validates the level early
+    if bootstrap:  # checked before the long pass (a negative B is refused there too)
+        from entropy_cliff.population import MAX_SINGLETON_MASS, check_arguments
+
+        check_arguments(confidence, MAX_SINGLETON_MASS, bootstrap)
     K_inferred = K is None
     if K_inferred:
         mins, maxs = column_extremes(parts)

@@ -283,7 +283,10 @@ def estimate_from_sums(
 
 
 def check_arguments(confidence: float, max_singleton_mass: float, bootstrap: int) -> None:
-    """Refuse a level outside (0, 1) (with a bootstrap) or a threshold outside [0, 1]."""
+    """Refuse a negative number of resamples, a level outside (0, 1) (with a bootstrap) or a threshold
+    outside [0, 1]: the checks of both engines."""
+    if bootstrap < 0:
+        raise EntropyCliffError(f"bootstrap must be >= 0, got {bootstrap}")
     if not 0.0 <= max_singleton_mass <= 1.0:
         raise EntropyCliffError(f"max_singleton_mass must lie in [0, 1], got {max_singleton_mass}")
     if bootstrap:

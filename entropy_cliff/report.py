@@ -293,8 +293,8 @@ def check_bootstrap_fits(B: int, N: int, L: int, memory_bytes: int | None = None
     mem = memory_bytes if memory_bytes is not None else _physical_memory()
     need = 2 * 8 * B * L
     if need > BOOTSTRAP_MEMORY_SHARE * mem:
-        raise EntropyCliffError(f"bootstrap: B = {B:,} resamples x L = {L} positions need {_bytes(need)} for the "
-                                f"replicates, more than {BOOTSTRAP_MEMORY_SHARE:.0%} of this machine's {_bytes(mem)}")
+        raise EntropyCliffError(f"bootstrap: B = {B:,} resamples x L = {L} positions need {io.format_bytes(need)} for the "
+                                f"replicates, more than {BOOTSTRAP_MEMORY_SHARE:.0%} of this machine's {io.format_bytes(mem)}")
     if B * N > MAX_BOOTSTRAP_DRAWS:
         raise EntropyCliffError(f"bootstrap: B = {B:,} resamples of N = {N:,} rows draw {B * N:.3g} rows "
                                 f"(limit {MAX_BOOTSTRAP_DRAWS:.0e}: days of computing); use fewer resamples (200 is usual)")
@@ -305,14 +305,6 @@ def _physical_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return 8 << 30
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
-            return f"{n:.3g} {unit}"
-        n /= 1024
-    return f"{n:.3g} EiB"  # unreachable
 
 
 def first_rows(parts: list[np.ndarray], rows: int) -> list[np.ndarray]:

@@ -20,16 +20,9 @@ import torch
 from torch import nn
 
 from entropy_cliff.errors import EntropyCliffError
+from entropy_cliff.io import format_bytes
 
 HEADROOM = 0.9  # the share of free memory a request may plan to use
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    raise AssertionError
 
 
 def available_bytes(device: torch.device | str) -> int:
