@@ -566,3 +566,7 @@ def run_one_line_errors(prog: str, invoke: Callable[[], Any]) -> NoReturn:
 def main(argv: list[str] | None = None) -> NoReturn:
     """Console entry point ``entropy-cliff``."""
     run_one_line_errors(PROG, lambda: cli.main(args=argv, prog_name=PROG, standalone_mode=False))
+
+
+if __name__ == "__main__":  # python -m entropy_cliff.cli, like python -m vcq.cli
+    main()

@@ -363,3 +363,12 @@ def test_measure_bootstrap_reports_population_columns_and_marks_sparse_positions
     code, out, err = run(capsys, "measure", path, "--bootstrap", "20")
     assert code == 0 and "H_t pop" in out and out.count("†") == 1 + sum(p["pop_status"] == "sparse" for p in d["positions"])
     assert "not identifiable" in out
+
+
+def test_python_dash_m_runs_the_cli():
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "entropy_cliff.cli", "predict", "--N", "1e6", "--K", "16384",
+                        "--format", "json"], capture_output=True, text=True)
+    assert p.returncode == 0 and json.loads(p.stdout)["t_star"] == 2
