@@ -15,7 +15,7 @@ from vcq.data import ImageSet
 from vcq.presets import TokenizerConfig, TrainConfig
 from vcq.data import DataSpec
 from vcq.train_tokenizer import run_config, train_tokenizer
-from vcq.train import Task, batch_indices, frozen, lr_at, param_groups, train
+from vcq.train import Task, batch_indices, finish_distributed, frozen, lr_at, param_groups, train
 
 SMALL = TokenizerConfig(image_size=8, patch_size=4, num_latent=6, enc_width=16, enc_depth=1, enc_heads=2,
                         dec_width=16, dec_depth=1, dec_heads=2, code_dim=4, kmax=32, disc_start=2,
@@ -269,8 +269,7 @@ def _worker(rank, world, port, out):
     from vcq.tokenizer import dump_tokens
 
     assert dump_tokens(out / "tok", out / "dump.npy", split="all") == out / "dump"
-    import torch.distributed as dist
-    dist.destroy_process_group()  # train() and dump_tokens() keep a group they did not create
+    finish_distributed()  # train() and dump_tokens() keep a group they did not create
 
 
 def test_ddp_gloo_two_processes_match_one_process_with_the_global_batch(tmp_path):
@@ -380,8 +379,6 @@ class RankBlowup(LinearTask):
 
 
 def _nonfinite_worker(rank, world, port, out):
-    import torch.distributed as dist
-
     import vcq.train
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
@@ -394,8 +391,7 @@ def _nonfinite_worker(rank, world, port, out):
     except EntropyCliffError as e:
         (out / f"error{rank}.txt").write_text(str(e))
     finally:
-        if dist.is_initialized():  # train() may have left the group already
-            dist.destroy_process_group()
+        finish_distributed()
 
 
 def test_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):

@@ -38,6 +38,7 @@ goes through the discriminator with its parameters frozen, see :func:`frozen`).
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -225,8 +226,13 @@ def is_main_process() -> bool:
 
 
 def finish_distributed() -> None:
-    """Leave the process group (``destroy_process_group``) when one was joined."""
+    """Leave the process group (``destroy_process_group``) when one was joined.
+
+    Garbage is collected first: DDP wrappers sit in reference cycles (their hooks refer back to
+    them), and a reducer freed after its group is destroyed aborts the process ("terminate called
+    without an active exception"), which a rank that raised would otherwise risk at exit."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
