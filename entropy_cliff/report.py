@@ -286,9 +286,7 @@ def resolve_K(path: str | os.PathLike | None, shape: tuple[int, int], *,
 def check_bootstrap_fits(B: int, N: int, L: int, memory_bytes: int | None = None) -> None:
     """Refuse a bootstrap that cannot finish: replicates (2 x B x L float64) beyond
     :data:`BOOTSTRAP_MEMORY_SHARE` of memory, or more than :data:`MAX_BOOTSTRAP_DRAWS` row draws (B x N)."""
-    if B < 0:
-        raise EntropyCliffError(f"bootstrap: B must be >= 0, got {B}")
-    if B == 0:
+    if B <= 0:  # a negative B is refused by population.check_arguments
         return
     mem = memory_bytes if memory_bytes is not None else _physical_memory()
     need = 2 * 8 * B * L
@@ -359,6 +357,10 @@ def measure_corpus(source: str | os.PathLike | np.ndarray, *, schedule: Schedule
     """
     if scheduler is not None and workers is not None:
         raise EntropyCliffError("give either a scheduler address or a number of local workers, not both")
+    if bootstrap:  # B and the level, before reading anything
+        from entropy_cliff.population import MAX_SINGLETON_MASS, check_arguments
+
+        check_arguments(confidence, MAX_SINGLETON_MASS, bootstrap)
     if rows is not None and (scheduler is not None or workers is not None):  # before reading anything
         raise EntropyCliffError(f"rows = {rows}: a subset of rows is measured by the local engine only, not by dask")
     dask = scheduler is not None or workers is not None

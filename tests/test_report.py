@@ -114,6 +114,11 @@ def test_bootstrap_size_refusals():
         check_bootstrap_fits(10**11, 400, 256, memory_bytes=16 << 30)
     with pytest.raises(EntropyCliffError, match="draw"):
         check_bootstrap_fits(10**7, 1_280_000, 2, memory_bytes=16 << 30)
+    # B and the level are refused before the corpus is read (this path does not exist)
+    with pytest.raises(EntropyCliffError, match="bootstrap must be >= 0, got -1"):
+        measure_corpus("no/such/corpus.npy", bootstrap=-1)
+    with pytest.raises(EntropyCliffError, match="1.5"):
+        measure_corpus("no/such/corpus.npy", bootstrap=20, confidence=1.5)
 
 
 def test_rows_measures_the_first_rows_with_the_whole_corpus_K(tmp_path, cosine_dump):

@@ -45,6 +45,24 @@ def test_train_ar_reads_the_labels_named_after_the_dump(tmp_path):
     assert cfg["data"]["val_fraction"] == 0.1  # the one default (vcq.data.VAL_FRACTION)
 
 
+@pytest.mark.parametrize("bad", [-0.1, 1.0])
+def test_a_validation_fraction_outside_0_1_is_refused_for_both_tasks_and_both_splitters(tmp_path, bad):
+    from vcq.data import split_indices
+    from vcq.train_ar import split_rows
+
+    tok, _ = make_dump(tmp_path / "d.npy")
+    msg = rf"val_fraction must lie in \[0, 1\), got {bad}"
+    with pytest.raises(EntropyCliffError, match=msg):
+        resolve_config("ar", overrides=SMALL_AR, data={"tokens": str(tok), "val_fraction": bad})
+    with pytest.raises(EntropyCliffError, match=msg):
+        resolve_config("tokenizer", overrides={"data": {"val_fraction": bad}})
+    with pytest.raises(EntropyCliffError, match=msg):
+        split_indices(10, "train", 0, bad)
+    with pytest.raises(EntropyCliffError, match=msg):
+        split_rows(10, bad, 0)
+    assert len(split_rows(10, 0.0, 0)[1]) == 0 and len(split_indices(10, "val", 0, 0.5)) == 5
+
+
 def test_train_run_then_load_run_for_an_ar_model(tmp_path):
     tok, _ = make_dump(tmp_path / "d.npy")
     out = train_run("ar", tmp_path / "run", overrides=SMALL_AR, data={"tokens": str(tok)}, quiet=True)

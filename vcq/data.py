@@ -72,14 +72,19 @@ class ImageSet:
                         hflip, self.index[positions])
 
 
+def check_val_fraction(val_fraction: float) -> None:
+    """Refuse a validation fraction outside [0, 1) (tokenizer and AR data alike)."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise EntropyCliffError(f"val_fraction must lie in [0, 1), got {val_fraction}")
+
+
 def split_indices(n: int, split: str, seed: int, val_fraction: float) -> np.ndarray:
     """Sorted positions of ``split`` (train / val / all) in a set of n, from a seeded permutation."""
     if split == "all":
         return np.arange(n)
     if split not in ("train", "val"):
         raise EntropyCliffError(f"unknown split {split!r} (choose train, val or all)")
-    if not 0.0 <= val_fraction < 1.0:
-        raise EntropyCliffError(f"val fraction must be in [0, 1), got {val_fraction}")
+    check_val_fraction(val_fraction)
     perm = np.random.default_rng([seed, 0x5EED]).permutation(n)
     n_val = int(round(val_fraction * n))
     return np.sort(perm[:n_val] if split == "val" else perm[n_val:])

@@ -68,7 +68,7 @@ def resolve_config(task: str, *, preset: str | None = None, overrides: dict[str,
 
 
 def _resolve_tokenizer(preset: str | None, given: dict[str, dict[str, Any]], base: dict[str, Any] | None) -> dict[str, Any]:
-    from vcq.data import DataSpec
+    from vcq.data import DataSpec, check_val_fraction
     from vcq.presets import TOKENIZER_PRESETS, TokenizerConfig, TrainConfig
     from vcq.tokenizer import schedule_of
     from vcq.train_tokenizer import run_config
@@ -87,20 +87,19 @@ def _resolve_tokenizer(preset: str | None, given: dict[str, dict[str, Any]], bas
     data = override(data, **given.get("data", {}))
     schedule_of(model)
     check_train_config(train_cfg)
-    if not 0.0 <= data.val_fraction < 1.0:
-        raise EntropyCliffError(f"val_fraction must lie in [0, 1), got {data.val_fraction}")
+    check_val_fraction(data.val_fraction)
     return run_config(model, train_cfg, data, name)
 
 
 def _resolve_ar(preset: str | None, given: dict[str, dict[str, Any]], data: dict[str, Any],
                 base: dict[str, Any] | None) -> dict[str, Any]:
     from entropy_cliff.io import labels_path
-    from vcq.data import VAL_FRACTION
+    from vcq.data import VAL_FRACTION, check_val_fraction
     from vcq.presets import AR_PRESETS, TrainConfig
     from vcq.train_ar import TokenDataSpec, ar_config_for_dump, load_token_dump, run_config
 
-    if "val_fraction" in data and not 0.0 <= data["val_fraction"] < 1.0:
-        raise EntropyCliffError(f"val_fraction must lie in [0, 1), got {data['val_fraction']}")
+    if "val_fraction" in data:
+        check_val_fraction(data["val_fraction"])
     if base is not None:  # the saved config with what was given; the loop refuses any change that matters
         run_task(base)
         config = {**base, "data": {**base.get("data", {}), **data},

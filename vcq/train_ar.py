@@ -27,7 +27,7 @@ from torch import nn
 from entropy_cliff.errors import EntropyCliffError
 from entropy_cliff.io import labels_path, read_sidecar, write_json_atomic
 from vcq.ar import ARTransformer, next_token_loss
-from vcq.data import VAL_FRACTION
+from vcq.data import VAL_FRACTION, check_val_fraction
 from vcq.presets import ARConfig, TrainConfig, from_dict, to_dict
 from vcq.train import MAIN, Task, TrainResult, is_main_process, load_weights, read_config, train
 
@@ -117,8 +117,7 @@ def check_dump_matches(dump: TokenDump, cfg: ARConfig) -> None:
 
 def split_rows(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Sorted train / validation row indices from a seeded permutation (validation first)."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise EntropyCliffError(f"val fraction must lie in [0, 1), got {val_fraction}")
+    check_val_fraction(val_fraction)
     perm = np.random.default_rng([seed, 7]).permutation(n)
     n_val = int(round(val_fraction * n))
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
