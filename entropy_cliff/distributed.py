@@ -4,8 +4,9 @@ Sums of ``c log2 c`` over prefix groups add across any split of the rows that ke
 whole. Rows are therefore exchanged (Dask's own shuffle: a ``dask.bag`` groupby) by a key of
 their first tokens, and our exact Numba kernel runs on each partition:
 
-1. **Scan** (one task per row block): per-position min/max (value checks) and marginal counts,
-   summed over blocks; K_t is inferred here when it is not given.
+1. **Scan** (one task per run of row blocks, as many as partitions): per-position min/max (value
+   checks) and marginal counts, summed over blocks in the task and over tasks in a tree; K_t is
+   inferred here when it is not given.
 2. **Windows.** Positions are cut into windows whose tokens pack exactly into 64 bits
    (``b_t = bitlength(K_t - 1)`` bits each; tiny early codebooks put many positions in one key).
 3. **Level j** (window ``[a, e)``; level 1 holds every row): each row's key is
@@ -33,6 +34,7 @@ filesystem every worker sees.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass, replace
@@ -156,10 +158,21 @@ def _merge(group):
 # ----------------------------------------------------------------------------- tasks
 
 
-def _scan_task(corpus: _Corpus, block, K):
-    i, r0, r1 = block
-    lo, hi, counts = M._scan([np.asarray(corpus.open(i)[r0:r1])], K, False)
-    return lo, hi, counts
+def _scan_task(corpus: _Corpus, blocks, K):
+    """Min, max and (with K) marginal counts of a run of blocks: one result per task, not per block
+    (the counts are ``sum K_t`` int64, 32 MiB at K = 16384 and L = 256). Blocks of one dtype are
+    scanned together; shards may differ in width or byte order."""
+    by_dtype: dict[str, list[np.ndarray]] = {}
+    for i, r0, r1 in blocks:
+        B = corpus.open(i)[r0:r1]
+        by_dtype.setdefault(B.dtype.str, []).append(B)
+    return functools.reduce(_combine_scans, (M._scan(parts, K, False) for parts in by_dtype.values()))
+
+
+def _runs(blocks: list, n: int) -> list[list]:
+    """``blocks`` cut into at most ``n`` runs of consecutive blocks, as even as possible."""
+    n = max(1, min(n, len(blocks)))
+    return [blocks[len(blocks) * k // n: len(blocks) * (k + 1) // n] for k in range(n)]
 
 
 def _columns_task(corpus: _Corpus, block):
@@ -315,7 +328,7 @@ def measure_distributed(
 
     The result equals :func:`entropy_cliff.measure.measure` on the same corpus (``groups``
     exactly, entropies to rounding) and carries ``engine = {"name": "dask", "workers", "scheduler",
-    "partitions", "blocks", "levels", "heavy_groups", "rows_in_kernels"}`` (levels: windows
+    "partitions", "blocks", "scan_tasks", "levels", "heavy_groups", "rows_in_kernels"}`` (levels: windows
     visited; rows_in_kernels: rows read by the partition kernels, the non-singleton keys). The cluster is ``client``
     (a ``distributed.Client``), or the scheduler at ``scheduler`` (an error after
     ``connect_timeout`` s, default :data:`CONNECT_TIMEOUT`, without a worker), or a new LocalCluster of ``workers`` processes.
@@ -373,7 +386,9 @@ def _run(client, corpus, blocks, K, P, cap, small_group, local_keys, engine, boo
 
     N, L = corpus.starts[-1], corpus.L
     dense = K is not None and M._dense_histograms(K)
-    lo, hi, counts = _reduce(client, client.map(_scan_task, [corpus] * len(blocks), blocks, K=K if dense else None,
+    runs = _runs(blocks, P)  # as many scan tasks as partitions: P histograms to sum, not one per block
+    engine["scan_tasks"] = len(runs)
+    lo, hi, counts = _reduce(client, client.map(_scan_task, [corpus] * len(runs), runs, K=K if dense else None,
                                                 pure=False), _combine_scans)
     M._check_values(lo, hi, K)
     K_inferred = K is None
@@ -381,7 +396,7 @@ def _run(client, corpus, blocks, K, P, cap, small_group, local_keys, engine, boo
         K = M.inferred_codebook(hi, L)
         dense = M._dense_histograms(K)
         if dense:
-            counts = _reduce(client, client.map(_scan_task, [corpus] * len(blocks), blocks, K=K, pure=False),
+            counts = _reduce(client, client.map(_scan_task, [corpus] * len(runs), runs, K=K, pure=False),
                              _combine_scans)[2]
     if dense:
         H_marginal = M._marginal_from_counts(N, K, counts)

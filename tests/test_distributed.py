@@ -81,10 +81,27 @@ def test_dask_engine_equals_local_kernel(tmp_path, client, K, kw, B):
         assert m.population is None
     e = m.engine
     assert e["name"] == "dask" and e["workers"] == 2 and e["blocks"] >= 3
+    assert e["scan_tasks"] == min(e["blocks"], e["partitions"])  # one histogram per run of blocks
     if "heavy_rows" in kw:  # heavy keys went on to longer prefixes
         assert e["heavy_groups"] > 0 and e["levels"] > 1
     if kw.get("heavy_rows") == 40:
         assert e["levels"] == 10 and e["rows_in_kernels"] > 0
+
+
+@pytest.mark.parametrize("K", [None, [300] * 6])
+def test_shards_of_different_widths_and_byte_orders_in_one_scan_task(tmp_path, client, K):
+    """uint8, big-endian uint16 and uint16 shards, small blocks and one partition: every scan task
+    holds blocks of several dtypes (one scan per dtype, none narrowed); equal to the local engine."""
+    rng = np.random.default_rng(5)
+    X = hard_corpus(rng, n=900, L=6, alphabet=300, dtype=np.uint16)
+    X[:300] %= 256  # the uint8 shard
+    d = tmp_path / "dump"
+    d.mkdir()
+    for i, (part, dt) in enumerate(zip(np.split(X, [300, 600]), ["u1", ">u2", "<u2"])):
+        np.save(d / f"shard-{i:05d}.npy", part.astype(dt))
+    m = measure_distributed(d, K, client=client, partitions=1, block_rows=128)
+    assert m.engine["scan_tasks"] == 1 and m.engine["blocks"] == 9
+    assert_same(m, M.measure(X, K))
 
 
 def test_windows_pack_exactly_64_bits():
