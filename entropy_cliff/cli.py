@@ -454,7 +454,7 @@ def compare(tokens, demo, labels, key, kind, kmin, kmax, power, schedule_file, K
         from entropy_cliff.plots import entropy_figure, save_figure
         save_figure(entropy_figure([r.entropy_curve() for r in reps], symlog=symlog), out)
         click.echo(f"wrote {out}", err=True)
-    summary = [r.summary() | {"K_source": str(r.K_source), "input": r.extra.get("input")} for r in reps]
+    summary = [r.summary() | {"K_source": str(r.K_source)} for r in reps]
     text = _table(summary, {"label": "corpus", "N": "N", "L": "L", "log2_N": "log2 N", "t_star_theory": "t* theory",
                             "t_star_budget": "t* budget", "t_star_threshold": "t* threshold",
                             "t_star_sustained": "t* sustained", "K_source": "K_t from"})

@@ -74,14 +74,14 @@ class _Corpus:
 def _corpus(source) -> _Corpus:
     from entropy_cliff.shards import load_shards, shard_paths
 
-    paths = shard_paths(source) if Path(source).is_dir() else [Path(source)]
-    arrays = load_shards(source) if Path(source).is_dir() else None
-    if arrays is None:
+    if Path(source).is_dir():  # load_shards checks L and the dtype kinds, load_tokens the one file
+        paths, arrays = shard_paths(source), load_shards(source)
+    else:
         from entropy_cliff.io import load_tokens
-        arrays = [load_tokens(source)]
+
+        paths, arrays = [Path(source)], [load_tokens(source)]
         if not isinstance(arrays[0], np.memmap):
             raise EntropyCliffError(f"{source}: the dask engine reads .npy files or shard directories")
-    M._integer_corpus(arrays)  # same checks as the local engine (L, dtype kinds)
     kept = [str(p) for p in paths if np.load(p, mmap_mode="r").shape[0] > 0]
     sizes = [a.shape[0] for a in arrays]
     return _Corpus(tuple(kept), tuple(np.concatenate(([0], np.cumsum(sizes))).tolist()), arrays[0].shape[1])

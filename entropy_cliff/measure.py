@@ -642,12 +642,15 @@ def prefix_entropy(
     return H[1:], G[1:]
 
 
+def column_maxima(parts: list[np.ndarray]) -> list[int]:
+    """Per-position maximum token over every part, as Python ints (one streaming NumPy read, no copy)."""
+    return np.max([P.max(axis=0) for P in parts], axis=0).tolist()
+
+
 def column_extremes(parts: list[np.ndarray]) -> tuple[list[int], list[int]]:
     """Per-position minimum and maximum token over every part, as Python ints (NumPy reductions:
     one streaming read per extreme, no copy)."""
-    lo = np.min([P.min(axis=0) for P in parts], axis=0).tolist()
-    hi = np.max([P.max(axis=0) for P in parts], axis=0).tolist()
-    return lo, hi
+    return np.min([P.min(axis=0) for P in parts], axis=0).tolist(), column_maxima(parts)
 
 
 def _histograms(parts: list[np.ndarray], K: np.ndarray, progress: bool) -> np.ndarray:

@@ -50,12 +50,10 @@ class EntropyCurve:
         """The curve of a corpus of N rows from its H_t and K_t: R(t) = log2 N - C(t-1), log2 K_t, the
         theoretical t* (:func:`entropy_cliff.theory.t_star`) and the sustained and threshold t* at
         ``epsilon`` (:func:`entropy_cliff.theory.t_star_sustained`, :func:`~entropy_cliff.theory.t_star_threshold`)."""
-        from entropy_cliff.theory import t_star_sustained, t_star_threshold
-
         H, K = np.asarray(H_cond, dtype=np.float64), np.asarray(K, dtype=np.int64)
         return cls(label=label, H_cond=H, remaining=theory.remaining_budget(N, K), log2_K=np.log2(K.astype(float)),
-                   t_star_theory=theory.t_star(N, K), t_star_empirical=t_star_sustained(H, epsilon), ci=ci,
-                   t_star_threshold=t_star_threshold(H, epsilon), H_pop=H_pop)
+                   t_star_theory=theory.t_star(N, K), t_star_empirical=theory.t_star_sustained(H, epsilon), ci=ci,
+                   t_star_threshold=theory.t_star_threshold(H, epsilon), H_pop=H_pop)
 
 
 def _positions_axis(ax, L: int) -> None:

@@ -52,7 +52,6 @@ T_STAR_FIELDS = ("t_star_theory", "t_star_budget", "t_star_threshold", "t_star_s
 MAX_BOOTSTRAP_DRAWS = 10**12
 #: Share of physical memory the bootstrap replicates (B x L float64, twice) may take.
 BOOTSTRAP_MEMORY_SHARE = 0.5
-K_SOURCE_KINDS = ("flags", "sidecar", "inferred")
 
 
 @dataclass(frozen=True)
@@ -323,9 +322,9 @@ def looks_variable(parts: list[np.ndarray]) -> bool:
     L = parts[0].shape[1]
     if L < 4:
         return False
-    from entropy_cliff.measure import column_extremes
+    from entropy_cliff.measure import column_maxima
 
-    top = column_extremes(parts)[1]  # Python ints: no wrap-around for uint64 tokens
+    top = column_maxima(parts)  # Python ints: no wrap-around for uint64 tokens
     q = -(-L // 4)
     return 2 * (max(top[:q]) + 1) <= max(top[-q:]) + 1
 
@@ -385,9 +384,9 @@ def measure_corpus(source: str | os.PathLike | np.ndarray, *, schedule: Schedule
         if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or not 2 <= rows <= N:
             raise EntropyCliffError(f"rows = {rows!r}: must be an integer from 2 to the corpus's N = {N:,}")
         if Kt is None:  # inferred from every row, as the whole corpus's measurement would
-            from entropy_cliff.measure import column_extremes, inferred_codebook
+            from entropy_cliff.measure import column_maxima, inferred_codebook
 
-            Kt = inferred_codebook(column_extremes(parts)[1], L)
+            Kt = inferred_codebook(column_maxima(parts), L)
             src = KSource("inferred", f"{src.detail}, over all {N:,} rows")
         parts = first_rows(parts, int(rows))
         X = parts if isinstance(X, list) else parts[0]
