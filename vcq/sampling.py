@@ -136,7 +136,8 @@ def gumbel_noise(seed: int, rows: torch.Tensor, t: int, kmax: int) -> torch.Tens
     ``u = (h >> 11 + 1/2) 2^-53`` in (0, 1) and ``h = mix(mix(mix(seed) + i) + t) + k``, mix =
     :func:`splitmix64`. A pure function of (seed, i, t, k)."""
     dev = rows.device
-    key = splitmix64(splitmix64(splitmix64(torch.tensor(_i64(seed % (1 << 64)), device=dev)) + rows) + t)
+    mixed_seed = int(splitmix64(torch.tensor(_i64(seed % (1 << 64)))))  # on the CPU: no wait on the device
+    key = splitmix64(splitmix64(rows + mixed_seed) + t)
     h = splitmix64(key[:, None] + torch.arange(kmax, device=dev))
     u = _shr(h, 11).double().add_(0.5).mul_(2.0**-53)
     return u.log_().neg_().log_().neg_().float()
@@ -161,6 +162,17 @@ def cache_dtype(model: ARTransformer, bf16: bool) -> torch.dtype:
     return torch.bfloat16 if bf16 else next(model.parameters()).dtype
 
 
+def check_sampling_memory(model: ARTransformer, cfg: SamplingConfig, batch: int, ratio: str, bf16: bool) -> None:
+    """Refuse sampling ``batch`` sequences at once when their KV cache (twice the rows under
+    guidance, bf16 with ``bf16``) cannot fit the free memory of the model's device."""
+    from vcq.resources import check_memory, sampling_bytes
+
+    scales = guidance_scales(model.K.cpu().numpy(), cfg.scale, cfg.schedule, cfg.power, cfg.codebook_aware, ratio)
+    m = model.cfg
+    check_memory(sampling_bytes(m.depth, m.dim, m.length, m.kmax, batch, bool(np.any(scales != 1.0)),
+                                cache_dtype(model, bf16).itemsize), model.K.device, f"sampling n = {batch} sequences at once")
+
+
 @torch.no_grad()
 def sample(model: ARTransformer, labels: torch.Tensor | np.ndarray, cfg: SamplingConfig = SamplingConfig(),
            seed: int = 0, use_cache: bool = True, ratio: str = "log", progress: bool = False,
@@ -180,7 +192,6 @@ def sample(model: ARTransformer, labels: torch.Tensor | np.ndarray, cfg: Samplin
     import contextlib
 
     from entropy_cliff.progress import Progress
-    from vcq.resources import check_memory, sampling_bytes
 
     model.eval()
     device = model.K.device
@@ -191,8 +202,7 @@ def sample(model: ARTransformer, labels: torch.Tensor | np.ndarray, cfg: Samplin
     guided = bool(np.any(scales != 1.0))
     b, length, kmax = labels.shape[0], model.cfg.length, model.cfg.kmax
     dtype = cache_dtype(model, bf16)
-    check_memory(sampling_bytes(model.cfg.depth, model.cfg.dim, length, kmax, b, guided, dtype.itemsize), device,
-                 f"sampling n = {b} sequences at once")
+    check_sampling_memory(model, cfg, b, ratio, bf16)
     run_labels = torch.cat([labels, torch.full_like(labels, model.null_class)]) if guided else labels
     rows = torch.arange(first, first + b, device=device)
     cache = KVCache.empty(model, run_labels.shape[0], device, dtype) if use_cache else None
@@ -285,8 +295,8 @@ def sample_run(ckpt: str | Path, out: str | Path, *, n: int = 16, classes: list[
     from entropy_cliff.io import prepare_output, save_npy_atomic, save_tokens, write_json_atomic
     from vcq.images import image_grid, save_png
     from entropy_cliff.progress import Progress
-    from vcq.resources import check_memory, sampling_bytes
-    from vcq.runs import load_run, weights_step
+    from vcq.resources import check_memory
+    from vcq.runs import load_run
     from vcq.train import resolve_device
 
     if n < 1:
@@ -295,11 +305,9 @@ def sample_run(ckpt: str | Path, out: str | Path, *, n: int = 16, classes: list[
         raise EntropyCliffError(f"batch_size must be >= 1, got {batch_size}")
     bs = n if batch_size is None else min(batch_size, n)
     dev = resolve_device(device)
-    model = load_run(ckpt, dev, task="ar").model
-    guided = bool(np.any(guidance_scales(model.K.cpu().numpy(), cfg.scale, cfg.schedule, cfg.power,
-                                         cfg.codebook_aware, ratio) != 1.0))
-    check_memory(sampling_bytes(model.cfg.depth, model.cfg.dim, model.cfg.length, model.cfg.kmax, bs, guided,
-                                cache_dtype(model, bf16).itemsize), dev, f"sampling n = {bs} sequences at once")
+    run = load_run(ckpt, dev, task="ar")
+    model = run.model
+    check_sampling_memory(model, cfg, bs, ratio, bf16)
     ids = list(range(model.cfg.num_classes)) if not classes else [int(c) for c in classes]
     check_labels(np.asarray(ids), model.cfg.num_classes)
     check_memory(16 * n * model.cfg.length, "cpu", f"keeping n = {n} sampled sequences")
@@ -311,7 +319,7 @@ def sample_run(ckpt: str | Path, out: str | Path, *, n: int = 16, classes: list[
             raise EntropyCliffError(f"{tokenizer}: the tokenizer's K_t disagree with the AR model's")
     outp = prepare_output(out, "dir")
     partial = outp / PARTIAL_DIR
-    request = {"ckpt": str(ckpt), "step": weights_step(ckpt), "n": n, "classes": ids, "sampling": asdict(cfg),
+    request = {"ckpt": str(ckpt), "step": run.step, "n": n, "classes": ids, "sampling": asdict(cfg),
                "seed": seed, "ratio": ratio, "bf16": bf16}
     parts = _resume_rows(partial, request, resume, outp)
     done = sum(len(p) for p in parts)
