@@ -7,11 +7,10 @@ of AR runs, ``val_l1`` / ``val_psnr`` of tokenizers) beside their training count
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from entropy_cliff.errors import EntropyCliffError
-from vcq.train import METRICS_FILE
+from vcq.metrics_log import METRICS_FILE, log_rows
 
 # validation column -> its training counterpart
 PAIRS = {"val_bits_per_token": "train_bits_per_token", "val_l1": "l1", "val_psnr": "psnr"}
@@ -22,12 +21,7 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     p = Path(run_dir) / METRICS_FILE
     if not p.is_file():
         raise EntropyCliffError(f"{run_dir}: no {METRICS_FILE} (not a run directory, or no step logged yet)")
-    rows = []
-    for ln in p.read_text().splitlines():
-        try:
-            rows.append(json.loads(ln))
-        except json.JSONDecodeError:
-            continue
+    rows = [row for _, row in log_rows(p)]
     if not rows:
         raise EntropyCliffError(f"{p}: no metric rows yet")
     return rows

@@ -58,10 +58,11 @@ from torch import nn
 from entropy_cliff.errors import EntropyCliffError
 from entropy_cliff.io import atomic_path, write_json_atomic, write_text_atomic
 from vcq.images import save_png
+from vcq.metrics_log import METRICS_FILE, log_rows
 from vcq.presets import TrainConfig, to_dict
 
 MAIN = "model"
-STATE_FILE, WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE = "train_state.pt", "model.safetensors", "config.json", "metrics.jsonl"
+STATE_FILE, WEIGHTS_FILE, CONFIG_FILE = "train_state.pt", "model.safetensors", "config.json"
 # settings that may change between a run and its resumption without changing the result (the LPIPS
 # implementation: the lpips package and our port agree to 1e-5, see vcq.losses)
 RESUME_FREE = ("ckpt_every", "log_every", "preview_every", "workers", "lpips_implementation")
@@ -659,12 +660,5 @@ def _truncate_metrics(path: Path, step: int) -> None:
     any row an interruption left half-written."""
     if not path.exists():
         return
-    keep = []
-    for ln in path.read_text().splitlines():
-        try:
-            row = json.loads(ln)
-        except json.JSONDecodeError:  # blank, or the half-written last row of an interrupted run
-            continue
-        if row.get("step", 0) <= step:
-            keep.append(ln)
+    keep = [ln for ln, row in log_rows(path) if row.get("step", 0) <= step]
     write_text_atomic(path, "".join(ln + "\n" for ln in keep))
