@@ -35,7 +35,7 @@ from torch import nn
 
 from entropy_cliff.errors import EntropyCliffError
 from entropy_cliff.io import atomic_path, write_json_atomic
-from vcq.images import to_tensor
+from vcq.images import to_rgb, to_tensor
 
 TORCH_FIDELITY = "torch-fidelity inception-v3-compat"
 PORT = "entropy-cliff port (pt_inception weights)"
@@ -64,10 +64,7 @@ def torch_fidelity_status() -> tuple[bool, str]:
 
 def rgb_uint8_nchw(images: np.ndarray) -> torch.Tensor:
     """uint8 images (N, H, W, C), C = 1 or 3, as a uint8 (N, 3, H, W) tensor (grey repeated)."""
-    x = np.asarray(images)
-    if x.shape[-1] == 1:
-        x = np.repeat(x, 3, axis=-1)
-    return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(to_rgb(images))).permute(0, 3, 1, 2)
 
 
 class PortInception:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from vcq.features import rgb_uint8_nchw
+from vcq.metrics import IS_SPLITS
 
 BACKEND = "torch-fidelity calculate_metrics"
 # torch-fidelity's result keys -> ours
@@ -40,7 +41,7 @@ class UInt8Images(torch.utils.data.Dataset):
 
 
 def fidelity_metrics(real: np.ndarray, fake: np.ndarray, weights_path: str | Path, *, fid: bool = True,
-                     isc: bool = False, prc: bool = False, isc_splits: int = 10, k: int = 3,
+                     isc: bool = False, prc: bool = False, isc_splits: int = IS_SPLITS, k: int = 3,
                      device: str | torch.device = "cpu") -> dict[str, float]:
     """The requested metrics of ``fake`` against ``real`` under our names (``FID``, ``IS``,
     ``IS_std``, ``precision``, ``recall``), computed by torch-fidelity on ``device``."""

@@ -43,7 +43,8 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return quantize_uint8(x).cpu().numpy()
 
 
-def _rgb(images: np.ndarray) -> np.ndarray:
+def to_rgb(images: np.ndarray) -> np.ndarray:
+    """uint8 images (..., H, W, C), C = 1 or 3, with grey repeated to 3 channels."""
     x = np.asarray(images)
     return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
 
@@ -58,7 +59,7 @@ def image_grid(images: np.ndarray, cols: int | None = None, captions: list[str] 
     """uint8 (H', W', 3) grid of images (N, H, W, C), ``cols`` per row (default ~sqrt N), each cell
     upscaled by an integer factor to at least ``min_cell`` pixels (nearest neighbour, so pixels stay
     visible), with ``captions[i]`` written above cell i when given."""
-    imgs = _rgb(images)
+    imgs = to_rgb(images)
     n, h, w, _ = imgs.shape
     if captions is not None and len(captions) != n:
         raise ValueError(f"{len(captions)} captions for {n} images")

@@ -55,7 +55,7 @@ class TokenizerTask(Task):
         mse = F.mse_loss(recon, x)
         loss = c.w_l1 * l1 + c.w_mse * mse + c.w_commit * out.quant.loss
         m = {"l1": l1.detach(), "mse": mse.detach(), "vq": out.quant.loss.detach(),
-             "commit": out.quant.commit_loss.detach(), "psnr": mean_psnr_tensor(quantize_uint8(x), quantize_uint8(recon))}
+             "commit": out.quant.commit_loss.detach(), "psnr": mean_psnr_tensor(batch["image"], quantize_uint8(recon))}
         if self.lpips is not None and c.w_lpips > 0:
             lp = self.lpips(recon, x)
             loss = loss + c.w_lpips * lp
