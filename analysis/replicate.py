@@ -41,7 +41,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from entropy_cliff.io import labels_path  # noqa: E402
 from entropy_cliff.jobs import Job, run_jobs  # noqa: E402
 
 KMAX, LENGTH = 1024, 32
@@ -150,8 +149,8 @@ def train_jobs(lay: Layout) -> list[Job]:
             out, res = lay.ar(r), lay.ar_results(r)
             tr, va = lay.dump(r.tok, "train"), lay.dump(r.tok, "val")
             resume = ["--resume"] if (out / "train_state.pt").exists() else []  # a killed run continues
-            run(vcq("train-ar", "--tokens", tr, "--labels", labels_path(tr), "--val-tokens", va,
-                    "--val-labels", labels_path(va), *AR_ARGS, "--steps", AR_STEPS, "--seed", r.seed,
+            run(vcq("train-ar", "--tokens", tr, "--val-tokens", va,  # each dump's NAME.labels.npy is found
+                    *AR_ARGS, "--steps", AR_STEPS, "--seed", r.seed,
                     *([] if r.regularized else UNREGULARIZED), *resume, "--out", out, "--format", "json", "--quiet"))
             res.mkdir(parents=True, exist_ok=True)
             for f in ("nll.json", "config.json", "metrics.jsonl"):

@@ -233,20 +233,17 @@ def replication_tables(inp: Inputs, out: Path) -> list[Path]:
         return {"schedule": f"{r['schedule']} {k}{p}", "regularized": "yes" if r["regularized"] else "no",
                 "seed": r["seed"], "N": r["N"], "steps": r["steps"]}
 
-    def g(r: dict, k: str) -> Any:
-        return r.get(k)
-
-    t4 = [{**head(r), "t_star_theory": g(r, "t_star_theory"), "t_star_sustained": g(r, "t_star_sustained"),
-           "psnr": g(r, "psnr"), "psnr_jpeg_same_bpp": g(r, "psnr_jpeg"), "dfid_nocfg": g(r, "dfid_nocfg"),
-           "dfid_cfg_aware": g(r, "dfid_cfg_aware"), "precision": g(r, "precision"), "recall": g(r, "recall"),
-           "exact_copies": g(r, "memorization"),
+    t4 = [{**head(r), "t_star_theory": r.get("t_star_theory"), "t_star_sustained": r.get("t_star_sustained"),
+           "psnr": r.get("psnr"), "psnr_jpeg_same_bpp": r.get("psnr_jpeg"), "dfid_nocfg": r.get("dfid_nocfg"),
+           "dfid_cfg_aware": r.get("dfid_cfg_aware"), "precision": r.get("precision"), "recall": r.get("recall"),
+           "exact_copies": r.get("memorization"),
            "train_nll_after_t*": (r.get("regime") or {}).get("train_after"),
            "val_nll_after_t*": (r.get("regime") or {}).get("val_after"),
            "memorization_regime": (r.get("regime") or {}).get("reached")} for r in runs]
-    t8 = [{**head(r), "dfid_nocfg": g(r, "dfid_nocfg"), "dfid_pow_cosine_cfg": g(r, "dfid_cfg"),
-           "dfid_codebook_aware_cfg": g(r, "dfid_cfg_aware"), "dfid_heldout_real": g(r, "dfid_heldout_real")}
+    t8 = [{**head(r), "dfid_nocfg": r.get("dfid_nocfg"), "dfid_pow_cosine_cfg": r.get("dfid_cfg"),
+           "dfid_codebook_aware_cfg": r.get("dfid_cfg_aware"), "dfid_heldout_real": r.get("dfid_heldout_real")}
           for r in runs]
-    probe = [{**head(r), "probe_first10pct": g(r, "probe_first10"), "probe_all": g(r, "probe_all")} for r in runs]
+    probe = [{**head(r), "probe_first10pct": r.get("probe_first10"), "probe_all": r.get("probe_all")} for r in runs]
     return (write_table(t4, out / "tables" / "replication", "Replication (Table 4 analogue; dFID = dataset-classifier FID)")
             + write_table(t8, out / "tables" / "cfg_ablation", "CFG ablation (Appendix C, Table 8 analogue): dFID")
             + write_table(probe, out / "tables" / "linear_probe", "Linear probe top-1 (Section 4.4 analogue)"))

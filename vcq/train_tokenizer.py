@@ -122,7 +122,7 @@ def train_tokenizer(config: dict[str, Any], out_dir: str | Path, *, resume: bool
     check_run_dir(out_dir, config, resume)
     check_train_config(train_cfg)
     train_set = data.load("train", model_cfg)
-    val = data.load("val", model_cfg, augment=False) if data.val_fraction > 0 else data.load("train", model_cfg, augment=False)
+    val = data.load("val", model_cfg, augment=False) if data.val_fraction > 0 else train_set.subset(np.arange(len(train_set)), False)
     preview = val.batch(np.arange(min(8, len(val))), np.random.default_rng(0))
     val_images = val.images(np.arange(min(VAL_IMAGES, len(val))))
     seed_everything(train_cfg.seed)
