@@ -63,6 +63,20 @@ def test_a_validation_fraction_outside_0_1_is_refused_for_both_tasks_and_both_sp
     assert len(split_rows(10, 0.0, 0)[1]) == 0 and len(split_indices(10, "val", 0, 0.5)) == 5
 
 
+def test_a_new_ar_run_reads_its_token_dump_once(tmp_path, monkeypatch):
+    import vcq.train_ar
+
+    tok, _ = make_dump(tmp_path / "d.npy")
+    read = []
+    load = vcq.train_ar.load_token_dump
+    monkeypatch.setattr(vcq.train_ar, "load_token_dump", lambda *a: read.append(a[0]) or load(*a))
+    train_run("ar", tmp_path / "run", overrides=SMALL_AR, data={"tokens": str(tok)}, stop_at=2, quiet=True)
+    assert read == [str(tok)]  # sized the model and then trained on the same rows
+    read.clear()
+    assert train_run("ar", tmp_path / "run", resume=True, quiet=True).result.step == 4
+    assert read == [str(tok)]  # a resume reads it from the saved config
+
+
 def test_train_run_then_load_run_for_an_ar_model(tmp_path):
     tok, _ = make_dump(tmp_path / "d.npy")
     out = train_run("ar", tmp_path / "run", overrides=SMALL_AR, data={"tokens": str(tok)}, quiet=True)

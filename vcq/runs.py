@@ -59,9 +59,17 @@ def resolve_config(task: str, *, preset: str | None = None, overrides: dict[str,
     ``data`` (AR runs): the :class:`vcq.train_ar.TokenDataSpec` fields given (``tokens`` at least,
     for a new run); a tokenizer's data fields go in ``overrides["data"]``.
     """
+    return _resolve(task, preset, overrides, data, base)[0]
+
+
+def _resolve(task: str, preset: str | None, overrides: dict[str, dict[str, Any]] | None, data: dict[str, Any] | None,
+             base: dict[str, Any] | None) -> tuple[dict[str, Any], Any]:
+    """:func:`resolve_config`'s config and, for a new AR run, the token dump it read to size the
+    model (:class:`vcq.train_ar.TokenDump`; else None): :func:`train_run` hands it on, so the dump
+    is read once."""
     given = {k: {f: v for f, v in d.items() if v is not None} for k, d in (overrides or {}).items()}
     if task == "tokenizer":
-        return _resolve_tokenizer(preset, given, base)
+        return _resolve_tokenizer(preset, given, base), None
     if task == "ar":
         return _resolve_ar(preset, given, {k: v for k, v in (data or {}).items() if v is not None}, base)
     raise EntropyCliffError(f"unknown task {task!r} (choose from {', '.join(TASKS)})")
@@ -92,7 +100,7 @@ def _resolve_tokenizer(preset: str | None, given: dict[str, dict[str, Any]], bas
 
 
 def _resolve_ar(preset: str | None, given: dict[str, dict[str, Any]], data: dict[str, Any],
-                base: dict[str, Any] | None) -> dict[str, Any]:
+                base: dict[str, Any] | None) -> tuple[dict[str, Any], Any]:
     from entropy_cliff.io import labels_path
     from vcq.data import VAL_FRACTION, check_val_fraction
     from vcq.presets import AR_PRESETS, TrainConfig
@@ -105,7 +113,7 @@ def _resolve_ar(preset: str | None, given: dict[str, dict[str, Any]], data: dict
         config = {**base, "data": {**base.get("data", {}), **data},
                   **{sec: {**base.get(sec, {}), **vals} for sec, vals in given.items()}}
         check_train_config(from_dict(TrainConfig, config["train"]))
-        return config
+        return config, None
     if "tokens" not in data:
         raise EntropyCliffError("an AR run needs data.tokens (a token dump NAME.npy)")
     data = {"val_fraction": VAL_FRACTION, **data}
@@ -120,7 +128,7 @@ def _resolve_ar(preset: str | None, given: dict[str, dict[str, Any]], data: dict
     model = ar_config_for_dump(override(p.model, **model_given), dump, num_classes)
     train_cfg = override(p.train, **given.get("train", {}))
     check_train_config(train_cfg)
-    return run_config(model, train_cfg, data, preset or "tiny")
+    return run_config(model, train_cfg, data, preset or "tiny"), dump
 
 
 @dataclass
@@ -144,7 +152,7 @@ def train_run(task: str, out: str | Path, *, preset: str | None = None,
     if stop_at is not None and stop_at < 0:
         raise EntropyCliffError(f"stop_at must be >= 0, got {stop_at}")
     base = read_config(out) if resume else None
-    config = resolve_config(task, preset=preset, overrides=overrides, data=data, base=base)
+    config, dump = _resolve(task, preset, overrides, data, base)
     from vcq.train import finish_distributed
 
     prepare_output(out, "dir")
@@ -156,7 +164,8 @@ def train_run(task: str, out: str | Path, *, preset: str | None = None,
                                                         device=device, log=log))
         from vcq.train_ar import train_ar
 
-        res, nll = train_ar(config, out, resume=resume, stop_at=stop_at, quiet=quiet, device=device, log=log)
+        res, nll = train_ar(config, out, resume=resume, stop_at=stop_at, quiet=quiet, device=device, log=log,
+                            dump=dump)
         return TrainOutcome(config, res, nll)
     finally:
         finish_distributed()

@@ -150,9 +150,10 @@ class TokenDataSpec:
     val_fraction: float = VAL_FRACTION
     nll_rows: int = 4096
 
-    def load(self, seed: int) -> tuple[TokenDump, TokenData, TokenData]:
-        """The whole dump, its training rows and its validation rows."""
-        dump = load_token_dump(self.tokens, self.labels)
+    def load(self, seed: int, dump: TokenDump | None = None) -> tuple[TokenDump, TokenData, TokenData]:
+        """The whole dump, its training rows and its validation rows (``dump``: the dump at
+        ``tokens``, when the caller has read it already)."""
+        dump = load_token_dump(self.tokens, self.labels) if dump is None else dump
         if self.val_tokens:
             val_dump = load_token_dump(self.val_tokens, self.val_labels)
             if tuple(val_dump.K) != tuple(dump.K):
@@ -240,20 +241,21 @@ def model_config(config: dict[str, Any]) -> ARConfig:
 
 
 def train_ar(config: dict[str, Any], out_dir: str | Path, *, resume: bool = False, stop_at: int | None = None,
-             quiet: bool = False, device: str | None = None,
-             log: Callable[[str], None] | None = None) -> tuple[TrainResult, dict[str, Any]]:
+             quiet: bool = False, device: str | None = None, log: Callable[[str], None] | None = None,
+             dump: TokenDump | None = None) -> tuple[TrainResult, dict[str, Any]]:
     """Train the AR model described by :func:`run_config` output; returns the loop's result and
     the per-position NLL summary written to ``nll.json`` (under ``torchrun`` only rank 0 computes
     it; the other ranks return an empty dict).
 
-    ``config["data"]`` is a :class:`TokenDataSpec`.
+    ``config["data"]`` is a :class:`TokenDataSpec`; ``dump``, when given, is its ``tokens`` dump
+    already read (by :func:`vcq.runs.train_run`), so it is not read again.
     """
     from vcq.train import seed_everything
 
     cfg = model_config(config)
     train_cfg = from_dict(TrainConfig, config["train"])
     spec = from_dict(TokenDataSpec, config["data"])
-    dump, tr, va = spec.load(train_cfg.seed)
+    dump, tr, va = spec.load(train_cfg.seed, dump)
     check_dump_matches(dump, cfg)
     if len(va) and va.labels.max() >= cfg.num_classes:
         raise EntropyCliffError(f"{spec.val_tokens or spec.tokens}: validation class id {int(va.labels.max())} "
