@@ -278,8 +278,12 @@ def _kernel_task(corpus: _Corpus, bucket, e, small_group, boot):
     X = M._integer_corpus(corpus.rows(g))
     S, G, _ = M._prefix_sums(X, None, small_group, False)
     pop = None
-    if boot[0]:
-        A, f1, _ = POP.prefix_group_sums(X, g, L, *boot)
+    if boot[0]:  # up to the first prefix length where these rows are all apart; constant after it
+        apart = np.flatnonzero(G == g.size)
+        T = int(apart[0]) if apart.size else L
+        A, f1, _ = POP.prefix_group_sums(X, g, T, *boot)
+        A = np.pad(A, ((0, 0), (0, L - T)), mode="edge")
+        f1 = np.pad(f1, (0, L - T), mode="edge")
         pop = A[:, e + 1 :], f1[e + 1 :]
     return S[e + 1 :], G[e + 1 :], int(g.size), pop
 

@@ -104,6 +104,28 @@ def test_shards_of_different_widths_and_byte_orders_in_one_scan_task(tmp_path, c
     assert_same(m, M.measure(X, K))
 
 
+@pytest.mark.parametrize("apart_at", [6, None])
+def test_kernel_bootstrap_sums_stop_where_its_rows_are_apart_and_equal_the_sums_over_every_position(tmp_path, apart_at):
+    """A partition kernel's population sums are computed up to the first prefix length where its
+    rows are all apart and held constant after it: equal to the sums over all L positions."""
+    from entropy_cliff import population as POP
+    from entropy_cliff.distributed import _corpus, _kernel_task
+
+    rng = np.random.default_rng(2)
+    L = 10
+    X = rng.integers(0, 50, (40, L)).astype(np.uint16)
+    X[1::2, :5] = X[::2, :5]  # pairs sharing 5 tokens: apart at t = 6
+    if apart_at is None:
+        X[1::2] = X[::2]  # pairs of equal rows: never apart
+    d = sharded(tmp_path, X, [15])
+    bucket = (np.zeros(40, np.uint64), np.repeat(np.arange(20, dtype=np.uint64), 2), np.arange(40))
+    S, G, n, (A, f1) = _kernel_task(_corpus(d), bucket, 2, 16, (5, 3))
+    A_all, f1_all, _ = POP.prefix_group_sums([X], np.arange(40), L, 5, 3)
+    assert n == 40 and A.shape == (6, L - 2)
+    np.testing.assert_allclose(A, A_all[:, 3:], rtol=1e-12)
+    np.testing.assert_array_equal(f1, f1_all[3:])
+
+
 def test_windows_pack_exactly_64_bits():
     assert _windows(np.array([16384] * 10)) == [(0, 4), (4, 8), (8, 10)]
     assert _windows(np.array([2] * 70)) == [(0, 64), (64, 70)]
