@@ -35,7 +35,6 @@ filesystem every worker sees.
 from __future__ import annotations
 
 import functools
-import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -90,9 +89,14 @@ def _corpus(source) -> _Corpus:
 # ----------------------------------------------------------------------------- packed keys
 
 
+def _bits(k_t) -> int:
+    """``b_t = bitlength(K_t - 1)``: the bits one token of a codebook of K_t entries takes in a key."""
+    return (int(k_t) - 1).bit_length()
+
+
 def _windows(K: np.ndarray) -> list[tuple[int, int]]:
     """Cut positions 0..L-1 into windows ``[a, e)`` whose tokens (b_t bits each) fit 64 bits."""
-    bits = [(int(k) - 1).bit_length() for k in K]
+    bits = [_bits(k) for k in K]
     out, a = [], 0
     while a < len(bits):
         e, used = a, 0
@@ -108,15 +112,10 @@ def _pack(B: np.ndarray, K: np.ndarray, a: int, e: int) -> np.ndarray:
     """``k = sum_t x_t << (bits of positions t+1..e-1)``: the window's tokens as one exact uint64."""
     k = np.zeros(B.shape[0], np.uint64)
     for t in range(a, e):
-        b = (int(K[t]) - 1).bit_length()
+        b = _bits(K[t])
         if b:
             k = (k << np.uint64(b)) | B[:, t].astype(np.uint64)
     return k
-
-
-def _shift_to(K: np.ndarray, l: int, e: int) -> np.uint64:
-    """Right shift taking a window key ending at e to its prefix ending at l (l <= e)."""
-    return np.uint64(sum((int(k) - 1).bit_length() for k in K[l:e]))
 
 
 def _bucket(p: np.ndarray, k: np.ndarray, P: int) -> np.ndarray:
@@ -411,7 +410,7 @@ def _run(client, corpus, blocks, K, P, cap, small_group, local_keys, engine, boo
     wins = _windows(K)
     S = np.zeros(L + 1)
     G = np.zeros(L + 1, np.int64)
-    S[0], G[0] = (N * math.log2(N), 1)
+    G[0] = 1  # S[0] = N log2 N is set by M._exact_where_known
     pop = boot[0] > 0
     A = np.zeros((1 + boot[0], L + 1))
     f1 = np.zeros(L + 1, np.int64)
@@ -419,6 +418,15 @@ def _run(client, corpus, blocks, K, P, cap, small_group, local_keys, engine, boo
     heavy: list[dict] = []
     src = db.from_sequence(blocks, npartitions=len(blocks))
     in_kernels = n_heavy = 0
+
+    def add(stats: list, l: int) -> None:
+        """Add the :func:`_table_stats` of every bucket at prefix length l."""
+        S[l] += sum(s[0] for s in stats)
+        G[l] += sum(s[1] for s in stats)
+        if pop:
+            A[:, l] += sum(s[4][0] for s in stats)
+            f1[l] += sum(s[2] for s in stats)
+
     for j, (a, e) in enumerate(wins, start=1):
         def exchange(bag):
             return bag.groupby(lambda it: it[0], npartitions=P, shuffle="tasks").map(_merge)
@@ -426,12 +434,9 @@ def _run(client, corpus, blocks, K, P, cap, small_group, local_keys, engine, boo
         tables = client.persist(exchange(src.map(_count_items, corpus=corpus, K=K, wins=wins, heavy=heavy, j=j,
                                                  P=P, boot=boot).flatten()))
         stats = client.compute(tables.map(_table_stats, heavy_rows=cap, pop=pop)).result()
-        S[e] += sum(s[0] for s in stats)
-        G[e] += sum(s[1] for s in stats)
+        add(stats, e)
         singles = sum(s[2] for s in stats)
         if pop:
-            A[:, e] += sum(s[4][0] for s in stats)
-            f1[e] += singles
             single_A = sum(s[4][1] for s in stats)
             if j == 1:
                 W = sum(s[4][2] for s in stats)
@@ -441,20 +446,15 @@ def _run(client, corpus, blocks, K, P, cap, small_group, local_keys, engine, boo
             p, k, c = (np.concatenate(x) for x in zip(*client.compute(tables).result()))
         for l in range(e - 1, a, -1):  # coarser prefixes inside the window
             if small:
-                p, k, c, _ = _count(p, k >> _shift_to(K, l, l + 1), c)
+                p, k, c, _ = _count(p, k >> np.uint64(_bits(K[l])), c)  # drop position l + 1
                 S[l] += float(estimators.xlog2x(c[:, 0]).sum())
                 G[l] += c.shape[0]
                 if pop:
                     A[:, l] += _population_sums(c)[0]
                     f1[l] += int((c[:, 0] == 1).sum())
                 continue
-            tables = client.persist(exchange(tables.map(_coarser_items, shift=_shift_to(K, l, l + 1), P=P).flatten()))
-            st = client.compute(tables.map(_table_stats, heavy_rows=cap, pop=pop)).result()
-            S[l] += sum(s[0] for s in st)
-            G[l] += sum(s[1] for s in st)
-            if pop:
-                A[:, l] += sum(s[4][0] for s in st)
-                f1[l] += sum(s[2] for s in st)
+            tables = client.persist(exchange(tables.map(_coarser_items, shift=np.uint64(_bits(K[l])), P=P).flatten()))
+            add(client.compute(tables.map(_table_stats, heavy_rows=cap, pop=pop)).result(), l)
         if e == L:
             break
         heavy.append({key: i for i, key in enumerate(hv)})
