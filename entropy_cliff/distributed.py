@@ -35,6 +35,7 @@ filesystem every worker sees.
 from __future__ import annotations
 
 import functools
+import operator
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -157,15 +158,25 @@ def _merge(group):
 # ----------------------------------------------------------------------------- tasks
 
 
-def _scan_task(corpus: _Corpus, blocks, K):
-    """Min, max and (with K) marginal counts of a run of blocks: one result per task, not per block
-    (the counts are ``sum K_t`` int64, 32 MiB at K = 16384 and L = 256). Blocks of one dtype are
-    scanned together; shards may differ in width or byte order."""
-    by_dtype: dict[str, list[np.ndarray]] = {}
+def _by_dtype(corpus: _Corpus, blocks) -> list[list[np.ndarray]]:
+    """A run of blocks grouped by dtype: the kernels read parts of one dtype together, and shards
+    may differ in width or byte order."""
+    groups: dict[str, list[np.ndarray]] = {}
     for i, r0, r1 in blocks:
         B = corpus.open(i)[r0:r1]
-        by_dtype.setdefault(B.dtype.str, []).append(B)
-    return functools.reduce(_combine_scans, (M._scan(parts, K, False) for parts in by_dtype.values()))
+        groups.setdefault(B.dtype.str, []).append(B)
+    return list(groups.values())
+
+
+def _scan_task(corpus: _Corpus, blocks, K):
+    """Min, max and (with K) marginal counts of a run of blocks: one result per task, not per block
+    (the counts are ``sum K_t`` int64, 32 MiB at K = 16384 and L = 256)."""
+    return functools.reduce(_combine_scans, (M._scan(parts, K, False) for parts in _by_dtype(corpus, blocks)))
+
+
+def _histogram_task(corpus: _Corpus, blocks, K):
+    """The marginal counts alone (int64), once K_t is known from a first scan."""
+    return sum(M._histograms(parts, K, False).astype(np.int64) for parts in _by_dtype(corpus, blocks))
 
 
 def _runs(blocks: list, n: int) -> list[list]:
@@ -399,8 +410,8 @@ def _run(client, corpus, blocks, K, P, cap, small_group, local_keys, engine, boo
         K = M.inferred_codebook(hi, L)
         dense = M._dense_histograms(K)
         if dense:
-            counts = _reduce(client, client.map(_scan_task, [corpus] * len(runs), runs, K=K, pure=False),
-                             _combine_scans)[2]
+            counts = _reduce(client, client.map(_histogram_task, [corpus] * len(runs), runs, K=K, pure=False),
+                             operator.add)
     if dense:
         H_marginal = M._marginal_from_counts(N, K, counts)
     else:
