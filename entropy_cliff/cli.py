@@ -83,15 +83,27 @@ def _count(what: str, maximum: int = theory.MAX_COUNT, zero: bool = False):
 
 
 def schedule_options(f):
-    """--schedule/--kmin/--kmax/--power/--schedule-file, shared by predict, schedule, measure, assign."""
-    f = click.option("--schedule-file", type=click.Path(dir_okay=False),
-                     help="custom schedule: a JSON list of K_t, a sidecar with 'K', or numbers separated by spaces/commas.")(f)
-    f = click.option("--power", type=float, default=2.5, show_default=True, help="p of the power schedule u**p.")(f)
-    f = click.option("--kmax", callback=_count("--kmax", theory.MAX_CODEBOOK), metavar="COUNT", help="largest codebook size K_max.")(f)
-    f = click.option("--kmin", callback=_count("--kmin", theory.MAX_CODEBOOK), metavar="COUNT", default="2", show_default=True, help="smallest codebook size K_min.")(f)
-    f = click.option("--schedule", "kind", type=click.Choice(KINDS[:-1]),
-                     help="codebook-size schedule K_t (paper Eq. 3); cosine is the paper's default.")(f)
-    return f
+    """--schedule/--kmin/--kmax/--power/--schedule-file, passed on as one ``schedule`` dict (the keyword
+    arguments of :func:`entropy_cliff.schedules.schedule_from_options` but ``length``); shared by
+    predict, schedule, measure, compare, assign and convert."""
+
+    @functools.wraps(f)
+    def wrapper(*args, kind, kmin, kmax, power, schedule_file, **kwargs):
+        return f(*args, schedule=dict(kind=kind, kmin=kmin, kmax=kmax, power=power, schedule_file=schedule_file),
+                 **kwargs)
+
+    options = [
+        click.option("--schedule", "kind", type=click.Choice(KINDS[:-1]),
+                     help="codebook-size schedule K_t (paper Eq. 3); cosine is the paper's default."),
+        click.option("--kmin", callback=_count("--kmin", theory.MAX_CODEBOOK), metavar="COUNT", default="2", show_default=True, help="smallest codebook size K_min."),
+        click.option("--kmax", callback=_count("--kmax", theory.MAX_CODEBOOK), metavar="COUNT", help="largest codebook size K_max."),
+        click.option("--power", type=float, default=2.5, show_default=True, help="p of the power schedule u**p."),
+        click.option("--schedule-file", type=click.Path(dir_okay=False),
+                     help="custom schedule: a JSON list of K_t, a sidecar with 'K', or numbers separated by spaces/commas."),
+    ]
+    for opt in reversed(options):
+        wrapper = opt(wrapper)
+    return wrapper
 
 
 # ---------------------------------------------------------------------------- the group
@@ -152,7 +164,7 @@ def _thresholds_text(ths: list[theory.Threshold], N: int) -> str:
 @click.option("--datasets", is_flag=True, help="print the paper's Table 1 (t* of standard datasets) for this codebook.")
 @click.option("--rows", type=click.IntRange(min=1), help="table format: positions to list (default: until the bound is 0, plus 2).")
 @format_option
-def predict(N, K, kind, kmin, kmax, power, schedule_file, length, utilization, datasets, rows, fmt):
+def predict(N, K, schedule, length, utilization, datasets, rows, fmt):
     """t*, the Proposition 1 bound per position, and the data needed to push t* back.
 
     \b
@@ -160,7 +172,7 @@ def predict(N, K, kind, kmin, kmax, power, schedule_file, length, utilization, d
     entropy-cliff predict --N 1.28e6 --schedule cosine --kmin 2 --kmax 16384 --length 256
     entropy-cliff predict --K 16384 --datasets
     """
-    sched = schedule_from_options(kind, kmin, kmax, length, power, schedule_file)
+    sched = schedule_from_options(length=length, **schedule)
     if sched is None and K is None:
         raise EntropyCliffError("give a uniform codebook (--K 16384) or a schedule (--schedule cosine --kmax 16384)")
     if sched is not None and K is not None:
@@ -226,7 +238,7 @@ def _schedule_summary(s: Schedule, N: int, image_size: int) -> dict[str, Any]:
 @click.option("--target-t", type=click.IntRange(min=1), metavar="T",
               help="per family, the schedule with theoretical t* >= T and the largest mean K_t.")
 @format_option
-def schedule(kind, kmin, kmax, power, schedule_file, length, N, image_size, table, plot, fmt, target_t=None):
+def schedule(schedule, length, N, image_size, table, plot, fmt, target_t=None):
     """K_t per position, mean K, bits per pixel, C(t) and t* of a codebook-size schedule.
 
     \b
@@ -237,11 +249,11 @@ def schedule(kind, kmin, kmax, power, schedule_file, length, N, image_size, tabl
     if N < 2:
         raise EntropyCliffError(f"--N must be at least 2, got {N}")
     if target_t is not None:
-        return _target_t(target_t, N, kmin, kmax, length, fmt)
+        return _target_t(target_t, N, schedule["kmin"], schedule["kmax"], length, fmt)
     if table:
-        scheds = paper_table2(length, kmin)
+        scheds = paper_table2(length, schedule["kmin"])
     else:
-        s = schedule_from_options(kind, kmin, kmax, length, power, schedule_file)
+        s = schedule_from_options(length=length, **schedule)
         if s is None:
             raise EntropyCliffError("give --schedule KIND --kmax K (or --schedule-file, or --table)")
         scheds = [s]
@@ -385,7 +397,7 @@ def input_options(f):
 @click.option("--scheduler", metavar="ADDRESS", help="run on this dask.distributed scheduler (tcp://host:8786).")
 @click.option("--workers", type=click.IntRange(min=1), help="run on a local Dask cluster of N worker processes.")
 @format_option
-def measure(tokens, demo, key, kind, kmin, kmax, power, schedule_file, K, delta, epsilon, bootstrap, symlog,
+def measure(tokens, demo, key, schedule, K, delta, epsilon, bootstrap, symlog,
             confidence, seed, quiet, read_opts, out, scheduler, workers, fmt):
     """Exact per-position conditional entropy H(X_t | X_<t) of a token corpus, and its t*.
 
@@ -409,7 +421,7 @@ def measure(tokens, demo, key, kind, kmin, kmax, power, schedule_file, K, delta,
     if out is not None:
         prepare_output(out, "dir", keep=False)
     rep = measure_corpus(tokens if tokens is not None else _demo_path(demo),
-                         schedule=dict(kind=kind, kmin=kmin, kmax=kmax, power=power, schedule_file=schedule_file),
+                         schedule=schedule,
                          K=K, key=key, delta=delta, epsilon=epsilon, bootstrap=bootstrap, confidence=confidence,
                          seed=seed, progress=False if quiet else None, read_opts=read_opts,
                          scheduler=scheduler, workers=workers)
@@ -427,7 +439,7 @@ def measure(tokens, demo, key, kind, kmin, kmax, power, schedule_file, K, delta,
 @input_options
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="write the figure here (PNG).")
 @format_option
-def compare(tokens, demo, labels, key, kind, kmin, kmax, power, schedule_file, K, delta, epsilon, bootstrap, symlog,
+def compare(tokens, demo, labels, key, schedule, K, delta, epsilon, bootstrap, symlog,
             confidence, seed, quiet, read_opts, out, fmt):
     """Several token dumps on one figure: per-position H_t and remaining budget (paper Fig. 2a).
 
@@ -445,7 +457,7 @@ def compare(tokens, demo, labels, key, kind, kmin, kmax, power, schedule_file, K
     if out is not None:
         prepare_output(out, "file", keep=False)
     reps = compare_corpora(list(tokens) + ([_demo_path(n) for n in DEMOS] if demo else []), labels=list(labels) or None,
-                           schedule=dict(kind=kind, kmin=kmin, kmax=kmax, power=power, schedule_file=schedule_file),
+                           schedule=schedule,
                            K=K, key=key, delta=delta, epsilon=epsilon, bootstrap=bootstrap, confidence=confidence,
                            seed=seed, progress=False if quiet else None, read_opts=read_opts)
     for w in (w for r in reps for w in r.warnings):
@@ -473,7 +485,7 @@ def compare(tokens, demo, labels, key, kind, kmin, kmax, power, schedule_file, K
 @click.option("--gpu/--cpu", "use_gpu", default=None, help="force the FAISS GPU or CPU index (default: GPU when available).")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU search threads (default: FAISS's; 1 is best on a busy machine).")
 @format_option
-def assign(features, codebook, kind, kmin, kmax, power, schedule_file, out, use_gpu, threads, fmt):
+def assign(features, codebook, schedule, out, use_gpu, threads, fmt):
     """Nearest-codebook tokens with nested codebooks: position t searches the first K_t codes.
 
     FEATURES is (N, L, d) float, CODEBOOK is (K_max, d). Writes an (N, L) token dump and its sidecar.
@@ -484,7 +496,7 @@ def assign(features, codebook, kind, kmin, kmax, power, schedule_file, out, use_
     from entropy_cliff.assign import assign_file
 
     info = assign_file(features, codebook, out, use_gpu=use_gpu, threads=threads,
-                       schedule=dict(kind=kind, kmin=kmin, kmax=kmax, power=power, schedule_file=schedule_file))
+                       schedule=schedule)
     _emit(fmt, info, [{"t": t + 1, "K": k} for t, k in enumerate(info["K"])],
           f"wrote {out} ({info['N']:,} x {info['L']} tokens, {info['label']}) and its sidecar")
 
@@ -501,7 +513,7 @@ def assign(features, codebook, kind, kmin, kmax, power, schedule_file, out, use_
 @click.option("--K", "K", callback=_count("--K", theory.MAX_CODEBOOK), metavar="COUNT", help="uniform codebook size for the sidecar.")
 @click.option("--quiet", "-q", is_flag=True, help="no progress.")
 @format_option
-def convert(path, out, read_opts, key, kind, kmin, kmax, power, schedule_file, K, quiet, fmt):
+def convert(path, out, read_opts, key, schedule, K, quiet, fmt):
     """Write another code base's tokens as our dump: N x L .npy (smallest unsigned dtype) + sidecar + labels.
 
     PATH is anything `measure` reads (LlamaGen codes folder, TiTok/RAR .jsonl, .parquet, .npz).
@@ -514,7 +526,7 @@ def convert(path, out, read_opts, key, kind, kmin, kmax, power, schedule_file, K
     """
     from entropy_cliff.formats import convert as convert_input, describe
 
-    info = convert_input(path, out, schedule=dict(kind=kind, kmin=kmin, kmax=kmax, power=power, schedule_file=schedule_file),
+    info = convert_input(path, out, schedule=schedule,
                          K=K, key=key, progress=False if quiet else None, **read_opts)
     _emit(fmt, info, [dict(info["input"], out=info["out"], N=info["N"], L=info["L"], K_source=info["K_source"]["kind"])],
           f"wrote {out} ({info['N']:,} x {info['L']} tokens, K_t {info['K_source']['kind']}: {info['K_source']['detail']}) and its sidecar\n"
