@@ -130,6 +130,14 @@ def _width(max_value: int) -> np.dtype:
     return smallest_uint_dtype(max(max_value, 256))
 
 
+def _room_for(out: np.ndarray | None, rows: int, L: int, top: int) -> np.ndarray:
+    """The (rows, L) array chunks are read into: made at the first chunk in the narrowest dtype
+    for its largest token ``top``, widened when a later chunk's ``top`` needs it."""
+    if out is None:
+        return np.empty((rows, L), dtype=_width(top))
+    return out.astype(_width(top)) if top > np.iinfo(out.dtype).max else out
+
+
 # ---------------------------------------------------------------------------- detection
 
 def _npy_shape(path: str | os.PathLike) -> tuple[tuple[int, ...], bool, np.dtype, int]:
@@ -304,8 +312,8 @@ def read_llamagen(path: str | os.PathLike, *, view: str | int = "original", worl
     per = A if vi is None else 1
     lab_lay = None
     if has_labels and labels:
-        if _numbered_files(labels_dir) != T:
-            raise EntropyCliffError(f"{labels_dir}: {_numbered_files(labels_dir)} label files for {T} code files")
+        if (n_labels := _numbered_files(labels_dir)) != T:
+            raise EntropyCliffError(f"{labels_dir}: {n_labels} label files for {T} code files")
         lab_lay = _layout(labels_dir / "0.npy")
         if lab_lay.shape not in ((1,), ()) or lab_lay.dtype.kind not in "iu":
             raise EntropyCliffError(f"{labels_dir / '0.npy'}: labels must be one integer per file, "
@@ -493,10 +501,8 @@ def read_titok_jsonl(path: str | os.PathLike, *, view: str | int = "original", t
                 cid = df["class_id"]
                 has_labels = cid.null_count() == 0 and has_labels is not False
                 if out is None:
-                    out = np.empty((n_rows, L), dtype=_width(top))
                     labels = np.empty(n_rows, dtype=np.int64)
-                elif top > np.iinfo(out.dtype).max:
-                    out = out.astype(_width(top))
+                out = _room_for(out, n_rows, L, top)
                 sel = keep[line0:line0 + n]
                 r0 = int(row_of_line[line0]) + (0 if keep[line0] else 1)
                 r1 = r0 + int(sel.sum())
@@ -591,11 +597,9 @@ def read_parquet(path: str | os.PathLike, *, column: str | None = None, view: st
                     raise EntropyCliffError(f"{where}: column {col!r} holds null tokens")
                 tok = flat.to_numpy().reshape(n, L)
                 top = _check_values(tok, lambda k: f"{where}: row {r0 + k} of column {col!r}")
-                if out is None:
-                    out = np.empty((N, L), dtype=_width(top))
-                    labels = np.empty(N, dtype=np.int64) if lab else None
-                elif top > np.iinfo(out.dtype).max:
-                    out = out.astype(_width(top))
+                if out is None and lab:
+                    labels = np.empty(N, dtype=np.int64)
+                out = _room_for(out, N, L, top)
                 out[r0:r0 + n] = tok
                 if labels is not None:
                     if df[lab].null_count():
