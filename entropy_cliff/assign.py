@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -244,12 +243,10 @@ def assign_file(features_path: str | os.PathLike, codebook_path: str | os.PathLi
     ``schedule_file``). ``out`` is probed before anything is read; a failure leaves no file behind.
     Returns ``{"out", "N", "L", "schedule", "label", "K"}``.
     """
-    from entropy_cliff.io import load_array, prepare_output, save_tokens
+    from entropy_cliff.io import check_dump_path, load_array, prepare_output, save_tokens
     from entropy_cliff.schedules import schedule_from_options
 
-    out = Path(out)
-    if out.suffix != ".npy":
-        raise EntropyCliffError(f"{out}: token dumps are written as .npy")
+    out = check_dump_path(out)
     prepare_output(out, "file", keep=False)
     feats, cb = load_array(features_path), load_array(codebook_path)
     if feats.ndim != 3 or cb.ndim != 2:

@@ -735,15 +735,13 @@ def convert(path: str | os.PathLike, out: str | os.PathLike, *, schedule: Any = 
     padded rows, ...) and where K_t came from. ``out`` is probed (:func:`entropy_cliff.io.prepare_output`)
     before the input is read; a failure leaves no file behind.
     """
-    from entropy_cliff.io import prepare_output, save_tokens
+    from entropy_cliff.io import check_dump_path, prepare_output, save_tokens
     from entropy_cliff.report import resolve_K
     from entropy_cliff.schedules import Schedule
 
     if Path(out).resolve() == Path(path).resolve():
         raise EntropyCliffError(f"{out}: the output would overwrite the input")
-    if Path(out).suffix != ".npy":
-        raise EntropyCliffError(f"{out}: token dumps are written as .npy")
-    prepare_output(out, "file", keep=False)
+    prepare_output(check_dump_path(out), "file", keep=False)
     corpus = read_corpus(path, **read_options)
     tokens = np.concatenate(corpus.tokens) if isinstance(corpus.tokens, list) else corpus.tokens
     N, L = tokens.shape

@@ -320,6 +320,14 @@ def save_npy_atomic(path: str | os.PathLike, arr: np.ndarray) -> None:
         np.save(f, arr)
 
 
+def check_dump_path(path: str | os.PathLike) -> Path:
+    """A token dump's path, ``NAME.npy`` (its sidecar and labels are written beside it)."""
+    p = Path(path)
+    if p.suffix != ".npy":
+        raise EntropyCliffError(f"{p}: token dumps are written as .npy")
+    return p
+
+
 def save_tokens(
     path: str | os.PathLike,
     tokens: np.ndarray,
@@ -340,9 +348,7 @@ def save_tokens(
         raise EntropyCliffError(f"tokens of shape {tokens.shape} do not match {len(K)} codebook sizes")
     if tokens.size and (tokens.min() < 0 or np.any(tokens.max(axis=0) >= np.asarray(K))):
         raise EntropyCliffError("tokens out of range for their position's codebook size")
-    p = Path(path)
-    if p.suffix != ".npy":
-        raise EntropyCliffError(f"{p}: token dumps are written as .npy")
+    p = check_dump_path(path)
     files = {p: tokens.astype(smallest_uint_dtype(max(K) - 1))}
     if labels is not None:
         labels = np.asarray(labels)
