@@ -224,7 +224,10 @@ class VariableCodebookQuantizer(nn.Module):
     @torch.no_grad()
     def _update_usage(self, idx: torch.Tensor, z: torch.Tensor) -> None:
         """EMA of each code's share of this batch's assignments; under ``torch.distributed`` the
-        share of the global batch (all-reduced), so every rank takes the same restart decisions."""
+        share of the global batch (all-reduced), so every rank takes the same restart decisions.
+        Only dead-code restarts read it: without them nothing is counted or exchanged."""
+        if not self.dead_code_restart:
+            return
         flat = idx.reshape(-1)
         share = torch.zeros(self.kmax, device=idx.device).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float))
         share /= idx.numel()
@@ -232,8 +235,7 @@ class VariableCodebookQuantizer(nn.Module):
             dist.all_reduce(share)
             share /= dist.get_world_size()
         self.ema_share.mul_(self.usage_decay).add_(share, alpha=1.0 - self.usage_decay)
-        if self.dead_code_restart:
-            self._last_z, self._last_idx = z.detach(), idx
+        self._last_z, self._last_idx = z.detach(), idx
 
     @torch.no_grad()
     def all_reduce_usage(self) -> None:
